@@ -1,0 +1,74 @@
+"""Runtime patch: load every fast-reid checkpoint with ``torch.load(weights_only=True)``.
+
+fast-reid 1.4.0 calls ``torch.load(f)`` without ``weights_only``: on torch < 2.6 that unpickles arbitrary
+code, on torch >= 2.6 foreign checkpoints fail with an opaque ``UnpicklingError``. We pin
+``weights_only=True``, allow-list the plain-data types fast-reid's own checkpoints carry, and turn a refusal
+into an error that names the file. There is deliberately no unsafe fallback.
+"""
+from __future__ import annotations
+
+import inspect
+import pickle
+
+import numpy as np
+import torch
+
+from .base import Patch
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint holds objects other than tensors and plain data, so it is not unpickled."""
+
+
+def _safe_globals() -> list:
+    """Plain-data globals that appear in real ReID checkpoints (numpy scalars / arrays in logs and metrics)."""
+    allowed = [np.dtype, np.ndarray]
+    allowed += [type(np.dtype(t)) for t in ("float32", "float64", "int64", "int32", "bool", "uint8")]
+    for mod_name in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            mod = __import__(mod_name, fromlist=["scalar", "_reconstruct"])
+        except ImportError:
+            continue
+        allowed += [getattr(mod, "scalar"), getattr(mod, "_reconstruct")]
+        break
+    return allowed
+
+
+def load_checkpoint_file(path: str) -> dict:
+    """Load ``path`` on CPU with ``weights_only=True``; fail with a message naming the file otherwise."""
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            obj = torch.load(path, map_location=torch.device("cpu"), weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f"Refusing to unpickle checkpoint '{path}': it contains objects that are not tensors or plain data, "
+            f"and loading it would run arbitrary code. Re-save only its state_dict (tensors), or convert it with "
+            f"tools/convert_checkpoint.py. torch said: {str(err).splitlines()[0]}") from None
+    if not isinstance(obj, dict):
+        raise UnsafeCheckpointError(f"Checkpoint '{path}' holds a {type(obj).__name__}, expected a dict")
+    if "model" not in obj:
+        # A bare state_dict (e.g. a torchreid / timm file): fast-reid's Checkpointer expects {"model": ...}.
+        obj = {"model": obj}
+    return obj
+
+
+def _loader_not_pinned() -> bool:
+    from fastreid.utils.checkpoint import Checkpointer
+
+    return "weights_only=True" not in inspect.getsource(Checkpointer._load_file)
+
+
+def _pin_weights_only() -> None:
+    from fastreid.utils.checkpoint import Checkpointer
+
+    def _load_file(self, f: str):
+        return load_checkpoint_file(f)
+
+    Checkpointer._load_file = _load_file
+
+
+PATCHES = [
+    Patch("checkpoint_weights_only",
+          "Checkpointer._load_file calls torch.load without weights_only (unsafe, or UnpicklingError on torch>=2.6)",
+          _loader_not_pinned, _pin_weights_only, stage="runtime"),
+]
