@@ -1,0 +1,1 @@
+"""Generic, config-free layers (no method-specific code)."""

@@ -1,0 +1,84 @@
+"""A plain LoRA linear layer: frozen ``nn.Linear`` plus a trainable low-rank residual (Hu et al., 2021).
+
+peft's ``lora.Linear`` is what ``plugins.tuners.inject`` puts into models (adapter files stay peft's format).
+This cfg-free layer exists for code that composes LoRA factors itself (multi-expert and gated layers, merge
+functions, tests): it holds exactly one ``(A, B)`` pair with peft's parameter names (``lora_A.weight``,
+``lora_B.weight``) and peft's initialisation, so factors move between the two without renaming.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LoRALinear(nn.Module):
+    """``y = x W^T + b + s * dropout(x) A^T B^T`` with ``W, b`` frozen and ``s = alpha / r``.
+
+    Shapes: ``x`` (..., d_in) -> (..., d_out); ``A = lora_A.weight`` (r, d_in); ``B = lora_B.weight`` (d_out, r).
+    """
+
+    def __init__(self, base: nn.Linear, *, rank: int, alpha: float, dropout: float = 0.0,
+                 train_bias: bool = False):
+        """
+        Args:
+            base: the pretrained linear layer; its weight is frozen (and its bias unless ``train_bias``).
+            rank: r, the rank of the residual (> 0).
+            alpha: LoRA alpha; the residual is scaled by ``alpha / rank``.
+            dropout: dropout probability on the input of the low-rank branch only.
+            train_bias: keep the base bias trainable (the SAGE authors' code trains biases).
+        """
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"LoRALinear wraps nn.Linear, got {type(base).__name__}")
+        if rank <= 0:
+            raise ValueError(f"LoRA rank must be > 0, got {rank}")
+        self.base = base
+        self.rank = rank
+        self.alpha = alpha
+        self.scaling = alpha / rank
+        base.weight.requires_grad_(False)
+        if base.bias is not None:
+            base.bias.requires_grad_(train_bias)
+        self.lora_A = nn.Linear(base.in_features, rank, bias=False)
+        self.lora_B = nn.Linear(rank, base.out_features, bias=False)
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.reset_lora_parameters()
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    def reset_lora_parameters(self) -> None:
+        """peft's default: A ~ kaiming-uniform(a=sqrt(5)), B = 0, so the wrapped layer starts equal to the base."""
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+
+    def delta_weight(self) -> torch.Tensor:
+        """The dense update ``s * B A`` (d_out, d_in) that merging adds to ``W``."""
+        return self.scaling * (self.lora_B.weight @ self.lora_A.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., d_in) -> (..., d_out)."""
+        return self.base(x) + self.scaling * self.lora_B(self.lora_A(self.lora_dropout(x)))
+
+    def merged_linear(self) -> nn.Linear:
+        """A new plain ``nn.Linear`` with ``W + s B A`` (inference without the extra branch)."""
+        out = nn.Linear(self.in_features, self.out_features, bias=self.base.bias is not None)
+        with torch.no_grad():
+            out.weight.copy_(self.base.weight + self.delta_weight())
+            if self.base.bias is not None:
+                out.bias.copy_(self.base.bias)
+        return out.to(self.base.weight.device, self.base.weight.dtype)
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, alpha={self.alpha}"
+
+
+def lora_residual(x: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float) -> torch.Tensor:
+    """``s * x A^T B^T``: x (..., d_in), A (r, d_in), B (d_out, r) -> (..., d_out)."""
+    return scaling * F.linear(F.linear(x, lora_A), lora_B)
