@@ -11,7 +11,9 @@ DARE (Yu et al., ICML 2024).
 """
 from __future__ import annotations
 
-from typing import Literal, Optional, Sequence
+import warnings
+from contextlib import contextmanager
+from typing import Iterator, Literal, Optional, Sequence
 
 import torch
 from peft.utils import merge_utils as peft_merge
@@ -79,6 +81,14 @@ def _check_density(density: float) -> None:
         raise ValueError(f"density (fraction of entries kept) must be in [0, 1], got {density}")
 
 
+@contextmanager
+def _density_one_is_no_trim() -> Iterator[None]:
+    """Silence peft's warning for density >= 1: here that is the documented way to skip trimming."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"The density .* no pruning will be performed")
+        yield
+
+
 def lora_average(deltas: Sequence[Tensor]) -> Tensor:
     """LoRA-Avg: uniform mean of the K deltas, ``(1/K) sum_k delta_k``."""
     check_deltas(deltas)
@@ -105,7 +115,8 @@ def magnitude_prune(
     check_deltas(deltas)
     _check_density(density)
     w = expert_weights(weights, len(deltas), scale, deltas[0])
-    return peft_merge.magnitude_prune(list(deltas), w, density)
+    with _density_one_is_no_trim():
+        return peft_merge.magnitude_prune(list(deltas), w, density)
 
 
 def ties(
@@ -129,7 +140,8 @@ def ties(
     check_deltas(deltas)
     _check_density(density)
     w = expert_weights(weights, len(deltas), scale, deltas[0])
-    return peft_merge.ties(list(deltas), w, density, majority_sign_method=majority_sign_method)
+    with _density_one_is_no_trim():
+        return peft_merge.ties(list(deltas), w, density, majority_sign_method=majority_sign_method)
 
 
 def dare_drop(

@@ -1,0 +1,152 @@
+"""SVD-based merges of K expert deltas for one layer: KnOTS and TSV-M.
+
+No maintained library ships these (peft has no SVD-alignment merge; the authors' repositories are research
+scripts bound to their configs), so they are written here on ``torch.linalg.svd``. The coefficient merge inside
+KnOTS reuses the element-wise merges of ``merge_basic`` (peft's arithmetic).
+
+Both take ``deltas[k]``: the (d_out, d_in) task delta of expert k in one layer (``s * B_k @ A_k`` for LoRA) and
+work in float64, returning the input dtype. Singular components below ``rtol * s_max`` are dropped: they carry
+no signal and their singular vectors are arbitrary, which would otherwise leak into the shared basis (KnOTS)
+or the orthogonalisation (TSV-M); the default ``rtol`` is numpy's ``matrix_rank`` rule.
+"""
+from __future__ import annotations
+
+from typing import Callable, Literal, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .merge_basic import check_deltas, dare, lora_average, magnitude_prune, task_arithmetic, ties
+
+__all__ = ["thin_svd", "knots_factors", "knots", "tsv_merge_factors", "tsv_merge"]
+
+KnotsCombination = Literal["task_arithmetic", "ties", "dare", "magnitude_prune", "lora_average"]
+_COEFFICIENT_MERGES: dict[str, Callable[..., Tensor]] = {
+    "task_arithmetic": task_arithmetic,
+    "ties": ties,
+    "dare": dare,
+    "magnitude_prune": magnitude_prune,
+    "lora_average": lora_average,
+}
+
+
+def _check_2d(deltas: Sequence[Tensor]) -> tuple[int, int]:
+    shape = check_deltas(deltas)
+    if len(shape) != 2:
+        raise ValueError(f"SVD merges need (d_out, d_in) matrices, got deltas of shape {tuple(shape)}")
+    return int(shape[0]), int(shape[1])
+
+
+def thin_svd(mat: Tensor, *, rtol: Optional[float] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Float64 SVD truncated to the numerical rank.
+
+    Args:
+        mat: (m, n).
+        rtol: keep singular values > ``rtol * s_max``; default ``max(m, n) * eps(mat.dtype)``.
+    Returns:
+        U (m, R), s (R,), Vh (R, n), all float64, R = numerical rank (0 for a zero matrix).
+    """
+    if rtol is None:
+        rtol = max(mat.shape) * torch.finfo(mat.dtype if mat.is_floating_point() else torch.float32).eps
+    U, s, Vh = torch.linalg.svd(mat.to(torch.float64), full_matrices=False)
+    keep = s > rtol * s[0] if s.numel() > 0 and s[0] > 0 else torch.zeros_like(s, dtype=torch.bool)
+    return U[:, keep], s[keep], Vh[keep]
+
+
+def knots_factors(
+    deltas: Sequence[Tensor],
+    *,
+    combination: KnotsCombination = "task_arithmetic",
+    rtol: Optional[float] = None,
+    **combination_kwargs,
+) -> tuple[Tensor, Tensor]:
+    """KnOTS (Stoica et al., ICLR 2025): align the K deltas in one shared SVD basis, merge there.
+
+    ``[delta_1, ..., delta_K] = U diag(s) [V_1^T, ..., V_K^T]`` (concatenated along d_in), so that
+    ``delta_k = U C_k`` with per-task coefficients ``C_k = diag(s) V_k^T`` (R, d_in). The C_k are merged with an
+    element-wise method (``combination``: ``"ties"`` (KnOTS-TIES), ``"task_arithmetic"`` (KnOTS-TA), ``"dare"``,
+    ...; ``combination_kwargs`` go to it, e.g. ``density``, ``scale``, ``drop_rate``) and the result is
+    ``U @ merge(C_1, ..., C_K)``. Trimming in KnOTS is per layer here (the authors' code trims over the whole
+    flattened model).
+
+    Returns:
+        (basis U (d_out, R), merged coefficients C (R, d_in)) in the input dtype; ``U @ C`` is the merged delta.
+    """
+    d_out, d_in = _check_2d(deltas)
+    if combination not in _COEFFICIENT_MERGES:
+        raise ValueError(f"unknown KnOTS combination {combination!r}; expected one of {sorted(_COEFFICIENT_MERGES)}")
+    dtype = deltas[0].dtype
+    U, s, Vh = thin_svd(torch.cat(list(deltas), dim=1), rtol=rtol)  # (d_out, R), (R,), (R, K * d_in)
+    coeffs = [c for c in (s[:, None] * Vh).split(d_in, dim=1)]  # K x (R, d_in)
+    merged = _COEFFICIENT_MERGES[combination](coeffs, **combination_kwargs)
+    return U.to(dtype), merged.to(dtype)
+
+
+def knots(
+    deltas: Sequence[Tensor],
+    *,
+    combination: KnotsCombination = "task_arithmetic",
+    rtol: Optional[float] = None,
+    **combination_kwargs,
+) -> Tensor:
+    """KnOTS merged delta (d_out, d_in); see :func:`knots_factors`."""
+    U, C = knots_factors(deltas, combination=combination, rtol=rtol, **combination_kwargs)
+    return U @ C
+
+
+def _procrustes(x: Tensor) -> Tensor:
+    """Nearest matrix with orthonormal columns (or rows, if wide) to ``x``: ``P Q^T`` from ``x = P S Q^T``."""
+    P, _, Qh = torch.linalg.svd(x, full_matrices=False)
+    return P @ Qh
+
+
+def tsv_merge_factors(
+    deltas: Sequence[Tensor],
+    *,
+    rank_per_task: Optional[int] = None,
+    scale: float = 1.0,
+    rtol: Optional[float] = None,
+) -> tuple[Tensor, Tensor]:
+    """TSV-M (Gargiulo et al., CVPR 2025, "Task Singular Vectors"): low-rank, decorrelated sum of task deltas.
+
+    1. per task: ``delta_k = U_k diag(s_k) V_k^T``; keep the top ``rank_per_task`` components (default, the
+       paper's rule: ``floor(min(d_out, d_in) / K)``; never more than the numerical rank);
+    2. concatenate ``U_hat = [U_1 .. U_K]`` (d_out, R), ``s_hat``, ``V_hat = [V_1 .. V_K]`` (d_in, R);
+    3. decorrelate: replace U_hat and V_hat by their nearest orthonormal matrices (Procrustes, ``P Q^T``);
+    4. merged delta = ``scale * U_perp diag(s_hat) V_perp^T``, of rank <= R = sum of kept ranks.
+
+    With LoRA deltas of rank r <= min(d_out, d_in)/K, step 1 keeps every component.
+
+    Returns:
+        (B (d_out, R), A (R, d_in)) in the input dtype with ``B @ A`` the merged delta.
+    """
+    d_out, d_in = _check_2d(deltas)
+    dtype, device = deltas[0].dtype, deltas[0].device
+    if rank_per_task is None:
+        rank_per_task = max(1, min(d_out, d_in) // len(deltas))
+    if rank_per_task < 1:
+        raise ValueError(f"TSV-M rank_per_task must be >= 1, got {rank_per_task}")
+    us, ss, vhs = [], [], []
+    for d in deltas:
+        U, s, Vh = thin_svd(d, rtol=rtol)
+        us.append(U[:, :rank_per_task])
+        ss.append(s[:rank_per_task])
+        vhs.append(Vh[:rank_per_task])
+    s_hat = torch.cat(ss)
+    if s_hat.numel() == 0:  # every delta is zero
+        return torch.zeros(d_out, 0, dtype=dtype, device=device), torch.zeros(0, d_in, dtype=dtype, device=device)
+    U_perp = _procrustes(torch.cat(us, dim=1))  # (d_out, R)
+    Vh_perp = _procrustes(torch.cat(vhs, dim=0).T).T  # (R, d_in)
+    return (scale * U_perp * s_hat[None, :]).to(dtype), Vh_perp.to(dtype)
+
+
+def tsv_merge(
+    deltas: Sequence[Tensor],
+    *,
+    rank_per_task: Optional[int] = None,
+    scale: float = 1.0,
+    rtol: Optional[float] = None,
+) -> Tensor:
+    """TSV-M merged delta (d_out, d_in); see :func:`tsv_merge_factors`."""
+    B, A = tsv_merge_factors(deltas, rank_per_task=rank_per_task, scale=scale, rtol=rtol)
+    return B @ A
