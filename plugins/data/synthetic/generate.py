@@ -92,6 +92,10 @@ def generate_domain(root: Path | str, domain: str, cfg: SynthConfig = SynthConfi
     final = root / domain_dir_name(domain)
     if not force and is_current(final, domain, cfg, formats):
         return read_manifest(final)
+    found = read_manifest(final)
+    if found is not None and found.get("config") == cfg.to_dict() \
+            and found.get("generator_version") == GENERATOR_VERSION:
+        formats = sorted(set(formats) | set(found.get("formats", [])))  # add formats, keep the ones there
     root.mkdir(parents=True, exist_ok=True)
     logger.info(f"Generating synthetic ReID domain '{domain}' into {final} (seed {cfg.seed}, "
                 f"{cfg.train_ids}+{cfg.test_ids} ids x {cfg.images_per_id} images, formats {list(formats)})")
