@@ -89,8 +89,9 @@ def _as_int_array(x, name: str, n: int) -> np.ndarray:
 
 def _run(dist_rows: Callable[[np.ndarray], torch.Tensor], num_q: int, num_g: int, q_pids, g_pids,
          q_camids, g_camids, protocol: str, max_rank: int, block_size: int | None,
-         progress: bool) -> RankResult:
-    """Shared driver. ``dist_rows(query_indices)`` returns a fresh (b, G) float32 tensor of distances."""
+         progress: bool, constant_height: bool) -> RankResult:
+    """Shared driver. ``dist_rows(query_indices)`` returns a fresh (b, G) float32 tensor of distances;
+    ``constant_height``: pad products to a constant row count (features in, see ``_block_rows``)."""
     proto = get_protocol(protocol)
     q_pids = _as_int_array(q_pids, "q_pids", num_q)
     g_pids = _as_int_array(g_pids, "g_pids", num_g)
@@ -110,9 +111,13 @@ def _run(dist_rows: Callable[[np.ndarray], torch.Tensor], num_q: int, num_g: int
     for start in tqdm(range(0, n, block), desc=f"eval {protocol} Q={num_q} G={num_g}", unit="block",
                       total=-(-n // block), disable=not progress, leave=False):
         stop = min(start + block, n)
-        first = max(0, stop - block)                 # constant block height (see module docstring)
         rows = valid_query[start:stop]
-        dist = dist_rows(valid_query[first:stop])[start - first:]
+        if constant_height:
+            compute, keep = _block_rows(valid_query, start, stop, block, num_q)
+        else:
+            compute, keep = valid_query[start:stop], slice(None)
+        dist = dist_rows(compute)
+        dist = dist[torch.as_tensor(keep, device=dist.device) if isinstance(keep, np.ndarray) else keep]
         if proto.single_gallery_shot:
             _cuhk03_block(dist, rows, q_pids, q_camids, g_pids, g_camids, cmc)
         lookup = index.lookup(q_pids[rows], None if q_camids is None else q_camids[rows], use_cams)
@@ -124,6 +129,19 @@ def _run(dist_rows: Callable[[np.ndarray], torch.Tensor], num_q: int, num_g: int
     cmc_value = cmc.value()
     return RankResult(cmc=cmc_value, all_AP=np.concatenate(all_ap), all_INP=np.concatenate(all_inp),
                       valid_query=valid_query, num_query=num_q)
+
+
+def _block_rows(valid_query: np.ndarray, start: int, stop: int, block: int, num_q: int):
+    """(query rows to compute, positions of the wanted rows in them) for valid queries [start, stop).
+
+    Every product has min(block, Q) rows (the dense product itself when Q <= block), so BLAS rounds each
+    row as in fast-reid's dense ``build_dist`` (see module docstring); extra rows are discarded.
+    """
+    rows = valid_query[start:stop]
+    if num_q <= block:
+        return np.arange(num_q), rows
+    pad = np.setdiff1d(np.arange(num_q), rows)[:block - rows.size]
+    return np.concatenate([rows, pad]), slice(0, rows.size)
 
 
 def _cuhk03_block(dist, rows, q_pids, q_camids, g_pids, g_camids, cmc: Cuhk03Cmc) -> None:
@@ -149,7 +167,7 @@ def evaluate_distmat(distmat, q_pids, g_pids, q_camids=None, g_camids=None, *, p
         return torch.from_numpy(distmat[idx])          # fancy indexing copies: the block is ours
 
     return _run(dist_rows, num_q, num_g, q_pids, g_pids, q_camids, g_camids, protocol,
-                max_rank or get_protocol(protocol).default_max_rank, block_size, progress)
+                max_rank or get_protocol(protocol).default_max_rank, block_size, progress, False)
 
 
 @torch.no_grad()
@@ -191,7 +209,7 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids=None, g_camids=
             return d.addmm_(q[sel], g_t, beta=1, alpha=-2)
 
     return _run(dist_rows, q.shape[0], g.shape[0], q_pids, g_pids, q_camids, g_camids, protocol,
-                max_rank or proto.default_max_rank, block_size, progress)
+                max_rank or proto.default_max_rank, block_size, progress, True)
 
 
 def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, use_metric_cuhk03=False,
