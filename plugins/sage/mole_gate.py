@@ -1,0 +1,48 @@
+"""MoLE gate (Wu et al., "Mixture of LoRA Experts", ICLR 2024), the baseline of SAGE's Tables 8/9.
+
+Per layer: the K expert outputs are normalised (the same per-token L2 normalisation as the SAGE gate, so the
+two gates differ only in their projection), concatenated and flattened to K*N*d_out values, and a learnable
+projection ``P`` (K x K*N*d_out, one row per expert) gives the logits; ``g = softmax(logits / tau)``.
+Size: K^2 * N * d_out per layer (+1 temperature), K^2 times the SAGE gate. ``P`` starts at 0 (LoRA-Avg), like
+SAGE's ``w``. MoLE's auxiliary load-balancing loss is not part of the gate.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MoLEGate(nn.Module):
+    """Residuals Delta (B, K, N, d_out) -> gate weights g (B, K)."""
+
+    def __init__(self, *, num_experts: int, num_tokens: int, out_features: int, eps: float = 1e-6,
+                 tau_init: float = 1.0):
+        """
+        Args:
+            num_experts: K.
+            num_tokens: N, tokens per sample.
+            out_features: d_out of the gated linear layer.
+            eps: lower bound of the row norm in the L2 normalisation.
+            tau_init: initial softmax temperature.
+        """
+        super().__init__()
+        self.num_experts = num_experts
+        self.num_tokens = num_tokens
+        self.out_features = out_features
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(num_experts, num_experts * num_tokens * out_features))
+        self.tau = nn.Parameter(torch.tensor(float(tau_init)))
+
+    def logits(self, delta: torch.Tensor) -> torch.Tensor:
+        """Delta (B, K, N, d_out) -> e (B, K)."""
+        if tuple(delta.shape[1:]) != (self.num_experts, self.num_tokens, self.out_features):
+            raise ValueError(f"MoLEGate built for (K={self.num_experts}, N={self.num_tokens}, "
+                             f"d_out={self.out_features}) residuals, got shape {tuple(delta.shape)}")
+        omega = F.normalize(delta, p=2.0, dim=-1, eps=self.eps)
+        return F.linear(omega.flatten(1), self.weight)
+
+    def forward(self, delta: torch.Tensor) -> torch.Tensor:
+        """Delta (B, K, N, d_out) -> g (B, K), rows sum to 1."""
+        return torch.softmax(self.logits(delta) / self.tau, dim=1)
+
+    def extra_repr(self) -> str:
+        return f"num_experts={self.num_experts}, num_tokens={self.num_tokens}, out_features={self.out_features}"

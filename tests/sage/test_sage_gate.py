@@ -1,0 +1,75 @@
+"""SAGE and MoLE gates: hand-computed logits, w = 0 is LoRA-Avg, gradients reach only the gate."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from plugins.layers.gated_lora import GatedLoRALinear
+from plugins.layers.lora import lora_residual
+from plugins.sage.gate import SAGEGate
+from plugins.sage.mole_gate import MoLEGate
+
+
+def test_sage_gate_hand_computed():
+    gate = SAGEGate(num_tokens=2, out_features=2)
+    with torch.no_grad():
+        gate.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+        gate.tau.fill_(0.5)
+    # one sample, two experts; rows: expert 0 -> [3,4] (-> [.6,.8]), [0,0] (eps keeps it 0);
+    # expert 1 -> [0,-2] (-> [0,-1]), [1,0] (-> [1,0])
+    delta = torch.tensor([[[[3.0, 4.0], [0.0, 0.0]], [[0.0, -2.0], [1.0, 0.0]]]])
+    e0 = 0.6 * 1.0 + 0.0  # <Omega_0, w>
+    e1 = 0.0 + 0.0        # rows [0,-1].[1,0] + [1,0].[0,2]
+    assert torch.allclose(gate.logits(delta), torch.tensor([[e0, e1]]))
+    z = math.exp(e0 / 0.5) + math.exp(e1 / 0.5)
+    assert torch.allclose(gate(delta), torch.tensor([[math.exp(e0 / 0.5) / z, math.exp(e1 / 0.5) / z]]))
+
+
+def test_sage_gate_shared_across_experts_and_size():
+    gate = SAGEGate(num_tokens=5, out_features=7)
+    assert gate.weight.shape == (5, 7) and torch.count_nonzero(gate.weight) == 0 and gate.tau.item() == 1.0
+    with pytest.raises(ValueError, match="N=5"):
+        gate(torch.randn(2, 3, 4, 7))
+
+
+def test_zero_gate_equals_lora_avg_and_grads():
+    torch.manual_seed(0)
+    k, r, n, d_in, d_out = 4, 2, 5, 6, 3
+    a = [torch.randn(r, d_in) for _ in range(k)]
+    b = [torch.randn(d_out, r) for _ in range(k)]
+    s = [1.0, 2.0, 0.5, 3.0]
+    base = nn.Linear(d_in, d_out)
+    layer = GatedLoRALinear(base, lora_A=a, lora_B=b, scaling=s,
+                            gate=SAGEGate(num_tokens=n, out_features=d_out))
+    x = torch.randn(3, n, d_in)
+    avg = base(x) + sum(lora_residual(x, a[i], b[i], s[i]) for i in range(k)) / k
+    y = layer(x)
+    assert torch.allclose(y, avg, atol=1e-5)
+    y.pow(2).sum().backward()
+    trainable = {name for name, p in layer.named_parameters() if p.requires_grad}
+    assert trainable == {"gate.weight", "gate.tau"}
+    assert torch.count_nonzero(layer.gate.weight.grad) > 0
+    # at w = 0 every logit is 0, so d loss / d tau = 0 exactly
+    assert torch.isfinite(layer.gate.tau.grad) and layer.gate.tau.grad.abs() < 1e-6
+
+
+def test_zero_residual_has_finite_gradients():
+    gate = SAGEGate(num_tokens=3, out_features=4)
+    delta = torch.zeros(2, 3, 3, 4, requires_grad=True)  # zero-initialised experts (B = 0)
+    gate(delta).sum().backward()
+    assert torch.isfinite(delta.grad).all() and torch.isfinite(gate.weight.grad).all()
+
+
+def test_mole_gate_hand_computed_and_size():
+    k, n, d = 2, 1, 2
+    gate = MoLEGate(num_experts=k, num_tokens=n, out_features=d)
+    assert gate.weight.shape == (k, k * n * d) and torch.count_nonzero(gate.weight) == 0
+    delta = torch.tensor([[[[3.0, 4.0]], [[0.0, 5.0]]]])  # -> [.6,.8], [0,1]; flat = [.6,.8,0,1]
+    assert torch.allclose(gate(delta), torch.full((1, 2), 0.5))
+    with torch.no_grad():
+        gate.weight.copy_(torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 2.0]]))
+    assert torch.allclose(gate.logits(delta), torch.tensor([[0.6, 2.0]]))
+    assert torch.allclose(gate(delta), torch.softmax(torch.tensor([[0.6, 2.0]]), dim=1))
+    with pytest.raises(ValueError, match="K=2"):
+        gate(torch.randn(1, 3, 1, 2))
