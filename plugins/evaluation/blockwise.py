@@ -79,6 +79,9 @@ def default_block_size(num_gallery: int) -> int:
 
 
 def _as_int_array(x, name: str, n: int) -> np.ndarray:
+    if x is None:
+        raise ValueError(f"{name} is None, but this protocol removes same-camera (same-scene) matches: "
+                         "camids are required")
     if isinstance(x, torch.Tensor):
         x = x.cpu().numpy()
     arr = np.asarray(x).astype(np.int64, copy=False).reshape(-1)
