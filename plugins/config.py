@@ -7,4 +7,7 @@ def add_plugins_config(cfg):
     cfg.PLUGINS = CN()
     # Name of the trainer class in plugins.registry.TRAINER_REGISTRY that tools/train_net.py runs.
     cfg.PLUGINS.TRAINER = "DefaultTrainer"
+    from .modeling.config import add_vit_backbone_config  # MODEL.BACKBONE.TIMM_VIT.*
+
+    add_vit_backbone_config(cfg)
     return cfg

@@ -1,0 +1,2 @@
+"""Backbones (BACKBONE_REGISTRY)."""
+from . import timm_vit  # noqa: F401

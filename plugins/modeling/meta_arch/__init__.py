@@ -1,0 +1,2 @@
+"""Meta-architectures (META_ARCH_REGISTRY)."""
+from . import camera_baseline  # noqa: F401
