@@ -21,9 +21,11 @@ LoRAFactors = Tuple[torch.Tensor, torch.Tensor, float]
 
 
 def target_module_names(model: nn.Module, pattern: str = VIT_BLOCK_LINEARS) -> List[str]:
-    """Names of the ``nn.Linear`` modules of ``model`` whose full name matches ``pattern``."""
+    """Names of the ``nn.Linear`` modules of ``model`` (also when already wrapped by a peft LoRA layer, whose
+    ``base_layer`` is the linear) whose full name matches ``pattern``."""
     rx = re.compile(pattern)
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and rx.fullmatch(n)]
+    return [n for n, m in model.named_modules()
+            if isinstance(getattr(m, "base_layer", m), nn.Linear) and rx.fullmatch(n)]
 
 
 def make_lora_config(*, rank: int, alpha: float, dropout: float = 0.0, train_bias: bool = False,

@@ -25,6 +25,9 @@ def test_vit_b_targets_and_expert_size():
     inject_lora(vit, rank=8, alpha=32, dropout=0.05)
     assert lora_parameter_count(vit) == 1_179_648 == 12 * 8 * (768 + 2304 + 768 + 768 + 768 + 3072 + 3072 + 768)
     assert type(vit.patch_embed.proj).__name__ == "Conv2d"
+    assert target_module_names(vit) == names  # a second expert targets the same (now wrapped) modules
+    inject_lora(vit, rank=8, alpha=32, adapter_name="second")
+    assert lora_parameter_count(vit, "second") == 1_179_648
 
 
 def test_zero_init_lora_equals_base_and_trainability():

@@ -1,0 +1,172 @@
+#!/usr/bin/env python
+"""Cost of SAGE's merged model vs. its alternatives on ViT-B/16 at 256x128 (sage.md, Table 9).
+
+    python tools/benchmark_sage.py --experts 3 [--batch 2] [--rank 8] [--iters 3] [--num-classes 1990]
+
+Rows: plain ViT, one LoRA expert, LoRA-Avg / SAGE / MoLE merged (one forward with all K low-rank branches), and
+the K experts run separately (K forward passes, features averaged). Every model is backbone + BNNeck + a
+bias-free classifier over ``--num-classes`` (the paper's totals include ~1,990 target pseudo-classes).
+Parameters and FLOPs (2 x multiply-adds, ``torch.utils.flop_counter.FlopCounterMode``; element-wise ops are
+not counted) are measured on meta tensors, so they cost no memory; timing runs real tensors (``--device``).
+Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the weight memory is shown instead.
+Models above ``--max-timed-params`` parameters are not timed (MoLE at K=10 holds 1.07 G gate parameters).
+"""
+import argparse
+import copy
+import time
+
+import torch
+from tabulate import tabulate
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import plugins  # noqa: F401  (host-compat patches + registrations)
+from plugins.modeling.backbones.timm_vit import TimmViTBackbone
+from plugins.sage.convert import build_gated_vit, gate_parameters
+from plugins.tuners.inject import inject_lora, lora_factors_from_peft, remove_peft_layers
+
+# sage.md / paper Table 9 (ViT-B/16, 256x128, r=8): (GFLOPs/img, params M); reference only, for the comparison.
+PAPER = {(3, "LoRA-Avg"): (23.64, 90.82), (3, "MoLE"): (23.86, 187.12), (3, "SAGE"): (23.67, 101.52),
+         (10, "LoRA-Avg"): (25.85, 99.08), (10, "MoLE"): (28.09, 1169.06), (10, "SAGE"): (25.95, 109.78)}
+IMG = (256, 128)
+
+
+class ReidModel(nn.Module):
+    """Backbone CLS -> BNNeck -> bias-free classifier, as fast-reid's EmbeddingHead at train time."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.bnneck = nn.BatchNorm1d(backbone.num_features)
+        self.classifier = nn.Linear(backbone.num_features, num_classes, bias=False)
+
+    def forward(self, x):
+        return self.classifier(self.bnneck(self.backbone(x).flatten(1)))
+
+
+class SeparateExperts(nn.Module):
+    """K single-expert models run one after the other (one shared frozen backbone, adapter switched)."""
+
+    def __init__(self, model: nn.Module, names):
+        super().__init__()
+        self.model, self.names = model, list(names)
+
+    def forward(self, x):
+        from peft.tuners.lora import LoraLayer
+
+        outs = []
+        for name in self.names:
+            for m in self.model.modules():
+                if isinstance(m, LoraLayer):
+                    m.set_adapter(name)
+            outs.append(self.model(x))
+        return torch.stack(outs).mean(0)
+
+
+def build(kind: str, k: int, rank: int, num_classes: int, device) -> nn.Module:
+    with torch.device(device):
+        model = ReidModel(TimmViTBackbone(model_name="vit_base_patch16_224", img_size=IMG), num_classes)
+        vit = model.backbone.vit
+        if kind == "plain":
+            return model.eval()
+        n_adapters = 1 if kind == "single expert" else k
+        for i in range(n_adapters):
+            inject_lora(vit, rank=rank, alpha=4.0 * rank, adapter_name=f"e{i}")
+        if device != "meta":
+            for n, p in vit.named_parameters():
+                if "lora_B" in n:
+                    nn.init.normal_(p, std=0.01)  # non-zero experts, as after training
+        if kind == "single expert":
+            return model.eval()
+        if kind.startswith("separate"):
+            return SeparateExperts(model, [f"e{i}" for i in range(k)]).eval()
+        experts = [lora_factors_from_peft(vit, f"e{i}") for i in range(k)]
+        remove_peft_layers(vit)
+        gate = {"LoRA-Avg": "avg", "SAGE": "sage", "MoLE": "mole"}[kind]
+        build_gated_vit(vit, experts=experts, gate=gate, num_tokens=vit.pos_embed.shape[1])
+        return model.eval()
+
+
+def count_flops(model: nn.Module) -> int:
+    x = torch.empty(1, 3, *IMG, device="meta")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops()
+
+
+def time_model(model: nn.Module, batch: int, iters: int, device: str):
+    x = torch.rand(batch, 3, *IMG, device=device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        model(x)  # warm-up
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            model(x)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if device.startswith("cuda") else None
+    return batch * iters / dt, peak
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--experts", type=int, required=True, help="K, number of LoRA experts")
+    ap.add_argument("--batch", type=int, default=2, help="images per timed forward")
+    ap.add_argument("--rank", type=int, default=8, help="LoRA rank r (alpha = 4r, as r=8/alpha=32)")
+    ap.add_argument("--iters", type=int, default=3, help="timed forwards per model (after one warm-up)")
+    ap.add_argument("--num-classes", type=int, default=1990, help="classifier classes (target pseudo-ids)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads on CPU (0: torch default)")
+    ap.add_argument("--max-timed-params", type=float, default=400e6, help="do not time bigger models")
+    args = ap.parse_args()
+    if args.experts < 1:
+        ap.error("--experts must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    k = args.experts
+    kinds = ["plain", "single expert", "LoRA-Avg", "SAGE", f"separate ({k} passes)", "MoLE"]
+    rows, stats = [], {}
+    for kind in kinds:
+        meta = build(kind, k, args.rank, args.num_classes, "meta")
+        params = sum(p.numel() for p in meta.parameters())
+        flops = count_flops(meta)
+        gate = gate_parameters(meta)["weight"]
+        weight_mib = sum(p.numel() * 4 for p in meta.parameters()) / 2 ** 20
+        del meta
+        ips, peak = None, None
+        if params <= args.max_timed_params:
+            model = build(kind, k, args.rank, args.num_classes, args.device)
+            ips, peak = time_model(model, args.batch, args.iters, args.device)
+            del model
+        stats[kind] = dict(params=params, flops=flops, gate=gate, ips=ips)
+        ref = PAPER.get((k, kind))
+        rows.append([kind, f"{params / 1e6:.2f}", f"{gate:,}", f"{flops / 1e9:.3f}",
+                     f"{ref[0]:.2f} ({100 * (flops / 1e9 - ref[0]) / ref[0]:+.2f}%)" if ref else "-",
+                     f"{ref[1]:.2f}" if ref else "-",
+                     f"{peak:.0f}" if peak is not None else f"weights {weight_mib:.0f}",
+                     f"{ips:.2f}" if ips is not None else "not timed (size)"])
+    print(f"ViT-B/16 {IMG[0]}x{IMG[1]}, K={k}, r={args.rank}, classes={args.num_classes}, device={args.device}, "
+          f"batch={args.batch}, iters={args.iters}, threads={torch.get_num_threads()}")
+    print(tabulate(rows, headers=["model", "params (M)", "gate params", "GFLOPs/img", "paper GFLOPs (diff)",
+                                  "paper params (M)", "peak mem (MiB)", "images/s"]))
+    avg = stats["LoRA-Avg"]
+    deltas = [[kind, f"{(stats[kind]['params'] - avg['params']) / 1e6:.2f}",
+               f"{(PAPER[(k, kind)][1] - PAPER[(k, 'LoRA-Avg')][1]):.2f}" if (k, kind) in PAPER else "-",
+               f"{(stats[kind]['flops'] - avg['flops']) / 1e9:.3f}",
+               f"{(PAPER[(k, kind)][0] - PAPER[(k, 'LoRA-Avg')][0]):.2f}" if (k, kind) in PAPER else "-"]
+              for kind in ("SAGE", "MoLE")]
+    print(tabulate(deltas, headers=["vs LoRA-Avg", "d params (M)", "paper", "d GFLOPs", "paper"]))
+    sage, sep = stats["SAGE"], stats[f"separate ({k} passes)"]
+    speedup = sep["ips"] and sage["ips"] and sage["ips"] / sep["ips"]
+    print(f"sage K={k} gate_params={sage['gate']} mole_gate_params={stats['MoLE']['gate']} "
+          f"merged_vs_separate_speedup={speedup:.2f}" if speedup else
+          f"sage K={k} gate_params={sage['gate']} mole_gate_params={stats['MoLE']['gate']} "
+          f"merged_vs_separate_speedup=nan")
+
+
+if __name__ == "__main__":
+    main()
