@@ -68,7 +68,7 @@ def rank_matches(dist: torch.Tensor, same_idx: torch.Tensor, same_valid: torch.T
         same_valid: (b, S) bool, True for a valid match (same id, kept by the protocol); every row has one.
         same_present: (b, S) bool, True where ``same_idx`` is a real entry (not padding); removed items
             are present and not valid.
-        max_candidates: cap on the candidates keyed at once (bounds memory; rows are processed in groups).
+        max_candidates: candidates keyed at once (bounds the int64 work arrays).
     """
     b, num_g = dist.shape
     dev = dist.device
@@ -99,17 +99,11 @@ def rank_matches(dist: torch.Tensor, same_idx: torch.Tensor, same_valid: torch.T
     slot_start = torch.cumsum(num_matches + 1, 0) - (num_matches + 1)           # (b,) first slot of each row
 
     counts = torch.zeros(table.numel(), dtype=torch.int64, device=dev)
-    cand = dist <= last_d.unsqueeze(1)                                          # (b, G) possible predecessors
-    per_row = cand.sum(1)
-    start = 0
-    while start < b:                                                            # groups of rows, bounded memory
-        stop = start + 1 + int(torch.searchsorted(torch.cumsum(per_row[start:], 0),
-                                                  torch.tensor(max_candidates, device=dev)).clamp(max=b - 1 - start))
-        r, c = cand[start:stop].nonzero(as_tuple=True)
-        r = r + start
+    cand_r, cand_c = (dist <= last_d.unsqueeze(1)).nonzero(as_tuple=True)     # possible predecessors
+    for s in range(0, cand_r.numel(), max_candidates):                      # bounded work arrays
+        r, c = cand_r[s:s + max_candidates], cand_c[s:s + max_candidates]
         keys = (r << row_shift) | (orderable_float_bits(dist[r, c]) << val_shift) | c
         counts += torch.bincount(torch.searchsorted(table, keys), minlength=table.numel())
-        start = stop
 
     # before[slot] = candidates of the row with a key below that slot's match key.
     csum = torch.cumsum(counts, 0)
