@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .merge_basic import dare, dare_drop, lora_average, lora_delta, magnitude_prune, task_arithmetic, ties
-from .merge_svd import knots, knots_factors, thin_svd, tsv_merge, tsv_merge_factors
+from .merge_svd import LowRankDelta, factored_svd, knots, knots_factors, thin_svd, tsv_merge, tsv_merge_factors
 
 __all__ = [
     "MERGE_METHODS",
@@ -39,6 +39,8 @@ __all__ = [
     "knots",
     "knots_factors",
     "thin_svd",
+    "factored_svd",
+    "LowRankDelta",
     "tsv_merge",
     "tsv_merge_factors",
 ]
@@ -53,14 +55,18 @@ MERGE_METHODS: dict[str, Callable[..., Tensor]] = {
     "tsv_merge": tsv_merge,
 }
 
+# Methods that use LowRankDelta factors directly; the others get dense deltas.
+_FACTORED = {"knots", "tsv_merge"}
 # Methods that draw random masks: merge_state_dicts threads one seeded generator through all their layers.
 _STOCHASTIC = {"dare"}
 
 
-def merge_deltas(deltas: Sequence[Tensor], method: str, **kwargs) -> Tensor:
-    """Merge one layer's K deltas with ``MERGE_METHODS[method](deltas, **kwargs)``."""
+def merge_deltas(deltas: Sequence[Tensor | LowRankDelta], method: str, **kwargs) -> Tensor:
+    """Merge one layer's K deltas (dense, or ``LowRankDelta`` factors) with ``MERGE_METHODS[method]``."""
     if method not in MERGE_METHODS:
         raise ValueError(f"unknown merge method {method!r}; expected one of {sorted(MERGE_METHODS)}")
+    if method not in _FACTORED:
+        deltas = [d.dense() if isinstance(d, LowRankDelta) else d for d in deltas]
     return MERGE_METHODS[method](deltas, **kwargs)
 
 
@@ -69,7 +75,7 @@ def _is_stochastic(method: str, kwargs: Mapping) -> bool:
 
 
 def merge_state_dicts(
-    deltas_per_expert: Sequence[Mapping[str, Tensor]],
+    deltas_per_expert: Sequence[Mapping[str, Tensor | LowRankDelta]],
     method: str,
     *,
     progress: bool = False,
@@ -78,7 +84,8 @@ def merge_state_dicts(
     """Apply one merge method layer by layer.
 
     Args:
-        deltas_per_expert: K dicts ``layer name -> delta`` (same keys and shapes in every dict).
+        deltas_per_expert: K dicts ``layer name -> delta`` (same keys and shapes in every dict); a delta may be a
+            ``LowRankDelta`` (LoRA factors), which KnOTS / TSV-M factorise exactly and fast.
         method: a key of ``MERGE_METHODS``.
         progress: show a tqdm bar over the layers (SVD methods take seconds per layer on CPU).
         kwargs: arguments of the method. For DARE (also KnOTS with ``combination="dare"``) ``seed`` seeds one
@@ -104,7 +111,7 @@ def merge_state_dicts(
     merged: dict[str, Tensor] = {}
     for key in tqdm(keys, desc=f"merge ({method})", disable=not progress):
         try:
-            merged[key] = MERGE_METHODS[method]([sd[key] for sd in deltas_per_expert], **kwargs)
+            merged[key] = merge_deltas([sd[key] for sd in deltas_per_expert], method, **kwargs)
         except ValueError as err:
             raise ValueError(f"layer {key!r}: {err}") from err
     return merged

@@ -161,3 +161,22 @@ def test_merge_state_dicts_errors_name_the_problem():
         merge_state_dicts([{"a": torch.zeros(2, 2)}], "mean")
     with pytest.raises(ValueError, match="layer 'norm.weight'"):
         merge_state_dicts([{"norm.weight": torch.zeros(3)}] * 2, "tsv_merge")
+
+
+def test_low_rank_factors_give_the_same_merges_as_dense_deltas():
+    from plugins.tuners.merge_svd import LowRankDelta, factored_svd
+
+    g = torch.Generator().manual_seed(5)
+    factors = [LowRankDelta(torch.randn(14, 3, generator=g, dtype=DT), torch.randn(3, 11, generator=g, dtype=DT))
+               for _ in range(3)]
+    dense = [f.dense() for f in factors]
+    U, s, Vh = factored_svd(factors[0].B, factors[0].A)
+    torch.testing.assert_close(s, torch.linalg.svdvals(dense[0])[:3])
+    torch.testing.assert_close(U * s @ Vh, dense[0])
+    for kw in [dict(combination="task_arithmetic"), dict(combination="ties", density=0.4)]:
+        torch.testing.assert_close(knots(factors, **kw), knots(dense, **kw))
+    torch.testing.assert_close(tsv_merge(factors), tsv_merge(dense))
+    torch.testing.assert_close(tsv_merge(factors, rank_per_task=2), tsv_merge(dense, rank_per_task=2))
+    experts = [{"l": f} for f in factors]
+    torch.testing.assert_close(merge_state_dicts(experts, "ties", density=0.5)["l"], ties(dense, density=0.5))
+    torch.testing.assert_close(merge_state_dicts(experts, "tsv_merge")["l"], tsv_merge(dense))
