@@ -50,9 +50,12 @@ def _no_cuda() -> bool:
 
 
 def _cpu_launch() -> None:
-    import fastreid.engine.launch as launch_mod
+    import importlib
 
-    launch_mod._distributed_worker = _distributed_worker_cpu
+    # `fastreid.engine` re-exports the *function* `launch`, so `import fastreid.engine.launch as m` would bind
+    # the function; the worker lives on the module.
+    launch_module = importlib.import_module("fastreid.engine.launch")
+    launch_module._distributed_worker = _distributed_worker_cpu
 
 
 def _cpu_ddp() -> None:

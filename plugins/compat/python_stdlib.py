@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import collections.abc
+import importlib.machinery
 import importlib.util
 import math
 import sys
@@ -23,6 +24,8 @@ def _torch_six_missing() -> bool:
 def _install_torch_six() -> None:
     # torch removed torch._six in 2.0; fast-reid imports string_classes from it (data/build.py).
     shim = types.ModuleType("torch._six")
+    # A spec keeps importlib.util.find_spec("torch._six") answering (it raises ValueError for spec-less modules).
+    shim.__spec__ = importlib.machinery.ModuleSpec("torch._six", None)
     shim.string_classes = (str, bytes)
     shim.int_classes = (int,)
     shim.inf = math.inf
