@@ -33,6 +33,7 @@ def batch(n=4):
             "camids": torch.tensor([0, 1, 2, 0][:n])}
 
 
+@pytest.mark.slow  # ViT-Ti forward + backward at 256x128: ~10-40 s on 2 busy cores
 def test_train_and_eval_forward_and_tokens():
     model = build_model(tiny_cfg())
     assert model.backbone.vit.pos_embed.shape == (1, 129, 192)
