@@ -165,7 +165,7 @@ def _jaccard_upper(v: sp.csr_matrix, mat_type, progress: bool) -> sp.csr_matrix:
                               shape=(r1 - r0, n)).tocsr()  # sums the min over shared t per (i, j)
         del mins, part
         s = local.data
-        dist = (1.0 - s / (2.0 - s)).astype(mat_type)
+        dist = (1.0 - s / (2.0 - s)).astype(mat_type).astype(np.float32)
         dist[dist < 0] = 0
         keep = dist < 1  # S underflowing to ~0 rounds to exactly 1: that pair is "no neighbour", like dense
         kept = np.concatenate([[0], np.cumsum(keep)])
@@ -176,7 +176,7 @@ def _jaccard_upper(v: sp.csr_matrix, mat_type, progress: bool) -> sp.csr_matrix:
     np.cumsum(row_counts, out=indptr[1:])
     indices = np.concatenate(out_c) if out_c else np.zeros(0, np.int32)
     del out_c
-    data = np.concatenate(out_d) if out_d else np.zeros(0, mat_type)
+    data = np.concatenate(out_d) if out_d else np.zeros(0, np.float32)
     return sp.csr_matrix((data, indices, indptr), shape=(n, n))
 
 
@@ -224,11 +224,12 @@ def compute_jaccard_distance(features, k1: int = 30, k2: int = 6, search_option:
         k2: local query expansion: V[i] becomes the mean of V over i's top-k2 neighbours (k2=1: none).
         search_option: 0, 1, 2 = faiss GPU index when faiss has GPU support and a GPU is visible, else the
             CPU index (fast-reid's 0-2 are GPU-only variants of the same exact search); 3 = CPU index.
-        fp16: store V (and return the distance) in float16, as the reference does with this flag.
+        fp16: round V and the distance to float16 precision, as the reference's float16 matrices do (the
+            result is still a float32 CSR: scipy.sparse has no float16; memory is O(N * k) either way).
         progress: tqdm bars for the chunked steps (default: when N >= 20,000).
 
     Returns:
-        (N, N) ``scipy.sparse.csr_matrix`` (float32, float16 with ``fp16``) with sorted indices, storing
+        (N, N) float32 ``scipy.sparse.csr_matrix`` with sorted indices, storing
         every pair whose distance is < 1; every pair not stored has distance exactly 1. Stored zeros are
         real distance-0 neighbours (e.g. duplicate images) and are never dropped.
     """
@@ -253,7 +254,9 @@ def compute_jaccard_distance(features, k1: int = 30, k2: int = 6, search_option:
     r_full = _k_reciprocal(ranks, k1 + 1)
     r_half = _k_reciprocal(ranks, int(np.around(k1 / 2)) + 1)
     support = _expanded_support(r_full, r_half, progress)
-    v = sp.csr_matrix((_softmax_weights(feats, support).astype(mat_type), support.indices, support.indptr),
+    # scipy.sparse has no float16: fp16 rounds the values like the reference's float16 V, stored as float32.
+    v = sp.csr_matrix((_softmax_weights(feats, support).astype(mat_type).astype(np.float32), support.indices,
+                       support.indptr),
                       shape=(n, n))
     del r_full, r_half, support
 
@@ -263,7 +266,7 @@ def compute_jaccard_distance(features, k1: int = 30, k2: int = 6, search_option:
                            shape=(n, n))
         v = qe @ v.astype(np.float32)  # scipy's product drops exact zeros, like the reference's "V != 0"
         v.data /= np.float32(nq)
-        v.data = v.data.astype(mat_type)
+        v.data = v.data.astype(mat_type).astype(np.float32)
         v.sort_indices()
     del ranks
     t_v = time.perf_counter()
