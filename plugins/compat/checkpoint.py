@@ -55,7 +55,8 @@ def load_checkpoint_file(path: str) -> dict:
 def _loader_not_pinned() -> bool:
     from fastreid.utils.checkpoint import Checkpointer
 
-    return "weights_only=True" not in inspect.getsource(Checkpointer._load_file)
+    loader = Checkpointer._load_file
+    return not getattr(loader, "_pins_weights_only", False) and "weights_only=True" not in inspect.getsource(loader)
 
 
 def _pin_weights_only() -> None:
@@ -64,6 +65,7 @@ def _pin_weights_only() -> None:
     def _load_file(self, f: str):
         return load_checkpoint_file(f)
 
+    _load_file._pins_weights_only = True
     Checkpointer._load_file = _load_file
 
 

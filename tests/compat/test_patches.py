@@ -175,6 +175,10 @@ def test_checkpoint_feature_test_false_when_pinned(monkeypatch):
     assert checkpoint._loader_not_pinned() is False
 
 
+def test_checkpoint_feature_test_false_after_patching():
+    assert checkpoint._loader_not_pinned() is False
+
+
 def test_ddp_failure_and_fix(unpatched, tmp_path):
     assert unpatched["ddp"]["error"] == "ValueError" and "device_ids" in unpatched["ddp"]["message"]
     import torch.distributed as dist
