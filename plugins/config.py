@@ -7,6 +7,25 @@ def add_plugins_config(cfg):
     cfg.PLUGINS = CN()
     # Name of the trainer class in plugins.registry.TRAINER_REGISTRY that tools/train_net.py runs.
     cfg.PLUGINS.TRAINER = "DefaultTrainer"
+    cfg.PLUGINS.PSEUDO_LABEL = CN()  # clustering pseudo-labels (plugins.engine.PseudoLabelTrainer)
+    # k of the k-reciprocal sets of the Jaccard distance.
+    cfg.PLUGINS.PSEUDO_LABEL.K1 = 30
+    # Local query expansion size of the Jaccard distance (1: none).
+    cfg.PLUGINS.PSEUDO_LABEL.K2 = 6
+    # DBSCAN eps: "fixed" uses EPS; "rho" is computed at the first clustering from RHO and then reused.
+    cfg.PLUGINS.PSEUDO_LABEL.EPS_MODE = "fixed"
+    # DBSCAN eps when EPS_MODE is "fixed", in (0, 1).
+    cfg.PLUGINS.PSEUDO_LABEL.EPS = 0.6
+    # "rho" eps = mean of the smallest RHO fraction of the pairwise Jaccard distances.
+    cfg.PLUGINS.PSEUDO_LABEL.RHO = 1.6e-3
+    # DBSCAN min_samples (the point itself included).
+    cfg.PLUGINS.PSEUDO_LABEL.MIN_SAMPLES = 4
+    # Re-cluster before every PERIOD-th epoch, starting at epoch 0.
+    cfg.PLUGINS.PSEUDO_LABEL.PERIOD = 1
+    # Keep the centroid-initialised classifier frozen (a prototype classifier, as the SAGE code) or train it.
+    cfg.PLUGINS.PSEUDO_LABEL.CLASSIFIER_FROZEN = True
+    # Images per feature-extraction batch (all ranks together); 0 uses TEST.IMS_PER_BATCH.
+    cfg.PLUGINS.PSEUDO_LABEL.FEATURE_BATCH = 0
     from .modeling.config import add_vit_backbone_config  # MODEL.BACKBONE.TIMM_VIT.*
 
     add_vit_backbone_config(cfg)

@@ -1,0 +1,232 @@
+"""Pseudo-labelling hook: re-cluster the unlabelled target set and retrain on the clusters (SpCL / SAGE stage 1).
+
+Before the chosen epochs: extract L2-normalised features of every target image with the current model ->
+sparse k-reciprocal Jaccard distance -> DBSCAN -> drop outliers -> new fast-reid train loader on the
+pseudo-labels -> classifier re-initialised from the L2-normalised cluster centroids.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from fastreid.data import build_reid_test_loader, build_reid_train_loader
+from fastreid.data.common import CommDataset
+from fastreid.data.transforms import build_transforms
+from fastreid.engine.train_loop import HookBase
+from fastreid.utils import comm
+from fastreid.utils.params import ContiguousParams
+from tabulate import tabulate
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..clustering import compute_jaccard_distance, dbscan_labels, rho_eps
+
+__all__ = ["ClusterResult", "PseudoLabelHook", "cluster_features", "replace_classifier"]
+
+logger = logging.getLogger("fastreid." + __name__)
+
+
+@dataclass
+class ClusterResult:
+    """labels: (N,) int64, -1 = outlier; centroids: (C, D) float32 L2-normalised; eps used."""
+    labels: np.ndarray
+    centroids: np.ndarray
+    eps: float
+
+    @property
+    def num_clusters(self) -> int:
+        return int(self.centroids.shape[0])
+
+    @property
+    def num_outliers(self) -> int:
+        return int((self.labels < 0).sum())
+
+
+def cluster_features(features: np.ndarray, *, k1: int, k2: int, eps: float | None, rho: float,
+                     min_samples: int) -> ClusterResult:
+    """Jaccard + DBSCAN on (N, D) L2-normalised features; ``eps=None`` computes the rho heuristic."""
+    dist = compute_jaccard_distance(features, k1=k1, k2=k2)
+    if eps is None:
+        eps = rho_eps(dist, rho)
+    labels = dbscan_labels(dist, eps=eps, min_samples=min_samples)
+    num = int(labels.max()) + 1 if labels.size else 0
+    if num == 0:
+        raise RuntimeError(f"DBSCAN (eps={eps:.4f}, min_samples={min_samples}) found no cluster in "
+                           f"{len(labels)} features: nothing to train on")
+    keep = labels >= 0
+    centroids = np.zeros((num, features.shape[1]), np.float64)
+    np.add.at(centroids, labels[keep], features[keep].astype(np.float64))
+    centroids /= np.bincount(labels[keep], minlength=num)[:, None]
+    centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    return ClusterResult(labels.astype(np.int64), centroids.astype(np.float32), float(eps))
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def replace_classifier(model: torch.nn.Module, optimizer: torch.optim.Optimizer, centroids: torch.Tensor, *,
+                       frozen: bool) -> torch.nn.Parameter:
+    """Swap ``model.heads.weight`` (C_old, D) for a new Parameter (C, D) = ``centroids``; keep the optimizer right.
+
+    The new parameter takes the old one's place in its optimizer param group (same lr / weight decay) and the
+    old one's optimizer state (momentum, Adam moments) is dropped: its shape no longer matches.
+    """
+    head = _unwrap(model).heads
+    old = head.weight
+    if not isinstance(old, torch.nn.Parameter) or old.dim() != 2:
+        raise TypeError(f"{type(head).__name__}.weight must be a (num_classes, dim) Parameter to be replaced")
+    if centroids.shape[1] != old.shape[1]:
+        raise ValueError(f"centroid dim {centroids.shape[1]} != classifier dim {old.shape[1]} of "
+                         f"{type(head).__name__}: the extracted features are not the classifier's input")
+    new = torch.nn.Parameter(centroids.to(device=old.device, dtype=old.dtype).clone(), requires_grad=not frozen)
+    group = next((g for g in optimizer.param_groups if any(p is old for p in g["params"])), None)
+    if group is None:
+        raise RuntimeError("the classifier weight is not in the optimizer: build the optimizer with it "
+                           "(and without ContiguousParams) so that it can be replaced")
+    group["params"] = [new if p is old else p for p in group["params"]]
+    optimizer.state.pop(old, None)
+    head.weight = new
+    num_classes = new.shape[0]
+    for mod in (head, getattr(head, "cls_layer", None)):
+        if mod is not None and hasattr(mod, "num_classes"):
+            mod.num_classes = num_classes
+    return new
+
+
+class PseudoLabelHook(HookBase):
+    """Re-cluster the target training set before every ``period``-th epoch (epoch 0 included).
+
+    Under torch.distributed every rank extracts its InferenceSampler shard, rank 0 clusters the gathered
+    features and every rank receives the same labels and centroids. The number of iterations per epoch stays
+    the trainer's (fast-reid's train samplers are infinite), as in SpCL.
+    """
+
+    def __init__(self, cfg, *, k1: int, k2: int, eps_mode: str, eps: float, rho: float, min_samples: int,
+                 period: int, classifier_frozen: bool, feature_batch: int):
+        if eps_mode not in ("fixed", "rho"):
+            raise ValueError(f"PLUGINS.PSEUDO_LABEL.EPS_MODE must be 'fixed' or 'rho', got {eps_mode!r}")
+        if period < 1:
+            raise ValueError(f"PLUGINS.PSEUDO_LABEL.PERIOD must be >= 1 epoch, got {period}")
+        if eps_mode == "fixed" and not 0 < eps < 1:
+            raise ValueError(f"PLUGINS.PSEUDO_LABEL.EPS must be in (0, 1), got {eps}")
+        self.cfg = cfg
+        self.k1, self.k2, self.rho, self.min_samples = int(k1), int(k2), float(rho), int(min_samples)
+        self.eps_mode, self.period, self.frozen = eps_mode, int(period), bool(classifier_frozen)
+        self.eps = float(eps) if eps_mode == "fixed" else None  # rho: set at the first clustering, then reused
+        self.feature_batch = int(feature_batch) or int(cfg.TEST.IMS_PER_BATCH)
+        self.items: list[tuple[str, object]] | None = None  # (img_path, camid) of the unlabelled target set
+        self.last: ClusterResult | None = None
+        self.pseudo_items: list[tuple[str, int, object]] = []
+        self._clustered_once = False
+
+    @classmethod
+    def from_config(cls, cfg) -> "PseudoLabelHook":
+        p = cfg.PLUGINS.PSEUDO_LABEL
+        return cls(cfg, k1=p.K1, k2=p.K2, eps_mode=p.EPS_MODE, eps=p.EPS, rho=p.RHO, min_samples=p.MIN_SAMPLES,
+                   period=p.PERIOD, classifier_frozen=p.CLASSIFIER_FROZEN, feature_batch=p.FEATURE_BATCH)
+
+    def before_train(self):
+        # The initial loader's items are the unlabelled pool; their pids are never read again.
+        self.items = [(it[0], it[2]) for it in self.trainer.data_loader.dataset.img_items]
+
+    def before_epoch(self):
+        epoch = self.trainer.epoch
+        if epoch % self.period == 0 or not self._clustered_once:
+            self.update(epoch)
+
+    @torch.no_grad()
+    def extract_features(self, model: torch.nn.Module) -> np.ndarray:
+        """(N, D) float32 L2-normalised features of ``self.items`` (all of them on rank 0, None elsewhere)."""
+        test_set = CommDataset([(p, 0, c) for p, c in self.items], build_transforms(self.cfg, is_train=False),
+                               relabel=False)
+        loader, _ = build_reid_test_loader(test_set=test_set, test_batch_size=self.feature_batch, num_query=0,
+                                           num_workers=self.cfg.DATALOADER.NUM_WORKERS)
+        net = _unwrap(model)
+        was_training = net.training
+        net.eval()
+        feats = []
+        try:
+            for batch in tqdm(loader, desc="pseudo-label features", disable=not comm.is_main_process(),
+                              leave=False):
+                feats.append(F.normalize(net(batch).float(), dim=1).cpu())
+        finally:
+            net.train(was_training)
+        local = torch.cat(feats).numpy() if feats else np.zeros((0, 0), np.float32)
+        if comm.get_world_size() == 1:
+            return local
+        shards = comm.gather(local, dst=0)  # InferenceSampler: contiguous shards in rank order
+        return np.concatenate([s for s in shards if s.size], 0) if comm.is_main_process() else None
+
+    def update(self, epoch: int) -> ClusterResult:
+        """Re-cluster, swap the train loader and the classifier; returns the clustering (same on every rank)."""
+        trainer = self.trainer
+        t0 = time.perf_counter()
+        feats = self.extract_features(trainer.model)
+        t1 = time.perf_counter()
+        result = None
+        if comm.is_main_process():
+            if feats.shape[0] != len(self.items):
+                raise RuntimeError(f"extracted {feats.shape[0]} features for {len(self.items)} images")
+            result = cluster_features(feats, k1=self.k1, k2=self.k2, eps=self.eps, rho=self.rho,
+                                      min_samples=self.min_samples)
+        if comm.get_world_size() > 1:
+            result = comm.all_gather(result)[0]  # rank 0's result on every rank
+        t2 = time.perf_counter()
+        self.eps = result.eps
+        self.last = result
+        self.pseudo_items = [(p, int(lab), c) for (p, c), lab in zip(self.items, result.labels) if lab >= 0]
+        self._swap_loader()
+        self._swap_classifier(torch.from_numpy(result.centroids))
+        self._clustered_once = True
+        t3 = time.perf_counter()
+        if comm.is_main_process():
+            table = tabulate([[epoch, len(self.items), result.num_clusters, result.num_outliers,
+                               f"{result.eps:.4f}", f"{t1 - t0:.2f}", f"{t2 - t1:.2f}", f"{t3 - t2:.2f}"]],
+                             headers=["epoch", "images", "clusters", "outliers", "eps", "extract s",
+                                      "cluster s", "rebuild s"], tablefmt="pipe")
+            logger.info("Pseudo-labels:\n" + table)
+        storage = getattr(trainer, "storage", None)
+        if storage is not None:
+            storage.put_scalars(pseudo_clusters=result.num_clusters, pseudo_outliers=result.num_outliers,
+                                smoothing_hint=False)
+        return result
+
+    def _swap_loader(self):
+        inner = self.trainer._trainer  # SimpleTrainer / AMPTrainer: owns data_loader and its iterator
+        sampler = self.cfg.DATALOADER.SAMPLER_TRAIN
+        if sampler in ("NaiveIdentitySampler", "BalancedIdentitySampler", "SetReWeightSampler"):
+            # fast-reid's P x K samplers loop forever (yielding nothing) when there are fewer than P identities.
+            p = self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size() // self.cfg.DATALOADER.NUM_INSTANCE
+            num = self.last.num_clusters
+            if num < p:
+                raise RuntimeError(f"{num} pseudo-identities < {p} identities per batch that {sampler} needs "
+                                   f"(SOLVER.IMS_PER_BATCH / world size / DATALOADER.NUM_INSTANCE): lower the batch "
+                                   f"size, raise NUM_INSTANCE or change PLUGINS.PSEUDO_LABEL.EPS / EPS_MODE")
+        train_set = CommDataset(self.pseudo_items, build_transforms(self.cfg, is_train=True), relabel=True)
+        loader = build_reid_train_loader(self.cfg, train_set=train_set)
+        old_iter, old_loader = inner._data_loader_iter, inner.data_loader
+        inner.data_loader = loader
+        inner._data_loader_iter = iter(loader)
+        if hasattr(old_iter, "_shutdown_workers"):  # torch DataLoader iterator with worker processes
+            old_iter._shutdown_workers()
+        elif hasattr(old_loader, "shutdown") and hasattr(old_loader, "iter"):  # fast-reid DataLoaderX
+            old_loader.shutdown()
+
+    def _swap_classifier(self, centroids: torch.Tensor):
+        inner = self.trainer._trainer
+        if isinstance(inner.param_wrapper, ContiguousParams):
+            raise RuntimeError("the optimizer was built with ContiguousParams (flat buffers of fixed size): the "
+                               "classifier cannot change shape; build it with contiguous=False")
+        model = inner.model
+        replace_classifier(model, inner.optimizer, centroids, frozen=self.frozen)
+        if isinstance(model, DistributedDataParallel):
+            # DDP's reducer registered the old parameter set: wrap the updated module again.
+            import fastreid.engine.defaults as defaults  # its DistributedDataParallel is host-patched on CPU
+
+            inner.model = defaults.DistributedDataParallel(model.module, device_ids=[comm.get_local_rank()],
+                                                           broadcast_buffers=False)
