@@ -180,16 +180,19 @@ class PseudoLabelHook(HookBase):
         self.eps = result.eps
         self.last = result
         self.pseudo_items = [(p, int(lab), c) for (p, c), lab in zip(self.items, result.labels) if lab >= 0]
+        if comm.is_main_process():
+            table = tabulate([[epoch, len(self.items), result.num_clusters, result.num_outliers,
+                               f"{result.eps:.4f}", f"{t1 - t0:.2f}", f"{t2 - t1:.2f}"]],
+                             headers=["epoch", "images", "clusters", "outliers", "eps", "extract s", "cluster s"],
+                             tablefmt="pipe")
+            logger.info("Pseudo-labels:\n" + table)
         self._swap_loader()
         self._swap_classifier(torch.from_numpy(result.centroids))
         self._clustered_once = True
-        t3 = time.perf_counter()
         if comm.is_main_process():
-            table = tabulate([[epoch, len(self.items), result.num_clusters, result.num_outliers,
-                               f"{result.eps:.4f}", f"{t1 - t0:.2f}", f"{t2 - t1:.2f}", f"{t3 - t2:.2f}"]],
-                             headers=["epoch", "images", "clusters", "outliers", "eps", "extract s",
-                                      "cluster s", "rebuild s"], tablefmt="pipe")
-            logger.info("Pseudo-labels:\n" + table)
+            logger.info(f"Pseudo-labels: train loader ({len(self.pseudo_items)} images) and classifier "
+                        f"({result.num_clusters} rows, frozen={self.frozen}) rebuilt in "
+                        f"{time.perf_counter() - t2:.2f} s")
         storage = getattr(trainer, "storage", None)
         if storage is not None:
             storage.put_scalars(pseudo_clusters=result.num_clusters, pseudo_outliers=result.num_outliers,

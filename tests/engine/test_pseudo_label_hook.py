@@ -151,3 +151,42 @@ def test_bad_eps_mode_fails_fast():
     cfg.PLUGINS.PSEUDO_LABEL.EPS_MODE = "auto"
     with pytest.raises(ValueError, match="EPS_MODE"):
         PseudoLabelHook.from_config(cfg)
+
+
+def _dist_worker(tmp: str):
+    """One rank of the 2-process run: cluster once, write rank 0's labels and every rank's classifier, step."""
+    from pathlib import Path
+
+    from fastreid.utils import comm
+    from torch.nn.parallel import DistributedDataParallel
+
+    tmp = Path(tmp)
+    torch.manual_seed(0)
+    trainer = PseudoLabelTrainer(tiny_cfg(tmp / "out_dist"))
+    hook = next(h for h in trainer._hooks if isinstance(h, PseudoLabelHook))
+    hook.before_train()
+    result = hook.update(epoch=0)
+    rank = comm.get_rank()
+    assert isinstance(trainer.model, DistributedDataParallel)
+    np.save(tmp / f"weight_rank{rank}.npy", trainer.model.module.heads.weight.detach().numpy())
+    if rank == 0:
+        np.save(tmp / "labels_dist.npy", result.labels)
+    run_step(trainer)  # DDP re-wrapped around the new classifier: a distributed step runs
+    np.save(tmp / f"conv_rank{rank}.npy", trainer.model.module.backbone.conv1.weight.detach().numpy())
+
+
+@pytest.mark.slow
+def test_distributed_labels_equal_single_process(tmp_path, monkeypatch):
+    """2 CPU processes (gloo): sharded extraction, clustering on rank 0, broadcast == the single-process run."""
+    from fastreid.engine import launch
+
+    trainer, hook, _ = build(tmp_path, monkeypatch)  # sets FASTREID_DATASETS, which the children inherit
+    single = hook.update(epoch=0)
+    (tmp_path / "out_dist").mkdir()
+    launch(_dist_worker, 2, dist_url="auto", args=(str(tmp_path),))
+    np.testing.assert_array_equal(np.load(tmp_path / "labels_dist.npy"), single.labels)
+    w0, w1 = np.load(tmp_path / "weight_rank0.npy"), np.load(tmp_path / "weight_rank1.npy")
+    np.testing.assert_array_equal(w0, w1)
+    np.testing.assert_allclose(w0, trainer.model.heads.weight.detach().numpy(), atol=1e-5)
+    # after the DDP step, both ranks hold the same (all-reduced) weights
+    np.testing.assert_allclose(np.load(tmp_path / "conv_rank0.npy"), np.load(tmp_path / "conv_rank1.npy"), atol=1e-6)
