@@ -1,6 +1,8 @@
 """``add_plugins_config(cfg)``: the plugin's shared config keys (method keys live in each method's config.py)."""
 from fastreid.config import CfgNode as CN
 
+from .modeling.config import add_vit_backbone_config
+
 
 def add_plugins_config(cfg):
     """Add the keys shared by every plugin method to a fast-reid config, in place."""
@@ -26,7 +28,5 @@ def add_plugins_config(cfg):
     cfg.PLUGINS.PSEUDO_LABEL.CLASSIFIER_FROZEN = True
     # Images per feature-extraction batch (all ranks together); 0 uses TEST.IMS_PER_BATCH.
     cfg.PLUGINS.PSEUDO_LABEL.FEATURE_BATCH = 0
-    from .modeling.config import add_vit_backbone_config  # MODEL.BACKBONE.TIMM_VIT.*
-
-    add_vit_backbone_config(cfg)
+    add_vit_backbone_config(cfg)  # MODEL.BACKBONE.TIMM_VIT.*
     return cfg
