@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ..clustering import compute_jaccard_distance, dbscan_labels, rho_eps
 
-__all__ = ["ClusterResult", "PseudoLabelHook", "cluster_features", "replace_classifier"]
+__all__ = ["ClusterResult", "PseudoLabelHook", "cluster_features", "extract_features", "replace_classifier"]
 
 logger = logging.getLogger("fastreid." + __name__)
 
@@ -67,6 +67,33 @@ def cluster_features(features: np.ndarray, *, k1: int, k2: int, eps: float | Non
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+@torch.no_grad()
+def extract_features(cfg, model: torch.nn.Module, items: list[tuple[str, object]], *, batch_size: int,
+                     desc: str = "pseudo-label features") -> np.ndarray | None:
+    """(N, D) float32 L2-normalised eval features of ``items`` ((img_path, camid) pairs) with the test transforms.
+
+    Under torch.distributed every rank extracts its InferenceSampler shard and rank 0 returns all N rows
+    (other ranks return None). The model's train/eval mode is restored afterwards.
+    """
+    test_set = CommDataset([(p, 0, c) for p, c in items], build_transforms(cfg, is_train=False), relabel=False)
+    loader, _ = build_reid_test_loader(test_set=test_set, test_batch_size=batch_size, num_query=0,
+                                       num_workers=cfg.DATALOADER.NUM_WORKERS)
+    net = _unwrap(model)
+    was_training = net.training
+    net.eval()
+    feats = []
+    try:
+        for batch in tqdm(loader, desc=desc, disable=not comm.is_main_process(), leave=False):
+            feats.append(F.normalize(net(batch).float(), dim=1).cpu())
+    finally:
+        net.train(was_training)
+    local = torch.cat(feats).numpy() if feats else np.zeros((0, 0), np.float32)
+    if comm.get_world_size() == 1:
+        return local
+    shards = comm.gather(local, dst=0)  # InferenceSampler: contiguous shards in rank order
+    return np.concatenate([s for s in shards if s.size], 0) if comm.is_main_process() else None
 
 
 def replace_classifier(model: torch.nn.Module, optimizer: torch.optim.Optimizer, centroids: torch.Tensor, *,
@@ -139,28 +166,9 @@ class PseudoLabelHook(HookBase):
         if epoch % self.period == 0 or not self._clustered_once:
             self.update(epoch)
 
-    @torch.no_grad()
     def extract_features(self, model: torch.nn.Module) -> np.ndarray:
         """(N, D) float32 L2-normalised features of ``self.items`` (all of them on rank 0, None elsewhere)."""
-        test_set = CommDataset([(p, 0, c) for p, c in self.items], build_transforms(self.cfg, is_train=False),
-                               relabel=False)
-        loader, _ = build_reid_test_loader(test_set=test_set, test_batch_size=self.feature_batch, num_query=0,
-                                           num_workers=self.cfg.DATALOADER.NUM_WORKERS)
-        net = _unwrap(model)
-        was_training = net.training
-        net.eval()
-        feats = []
-        try:
-            for batch in tqdm(loader, desc="pseudo-label features", disable=not comm.is_main_process(),
-                              leave=False):
-                feats.append(F.normalize(net(batch).float(), dim=1).cpu())
-        finally:
-            net.train(was_training)
-        local = torch.cat(feats).numpy() if feats else np.zeros((0, 0), np.float32)
-        if comm.get_world_size() == 1:
-            return local
-        shards = comm.gather(local, dst=0)  # InferenceSampler: contiguous shards in rank order
-        return np.concatenate([s for s in shards if s.size], 0) if comm.is_main_process() else None
+        return extract_features(self.cfg, model, self.items, batch_size=self.feature_batch)
 
     def update(self, epoch: int) -> ClusterResult:
         """Re-cluster, swap the train loader and the classifier; returns the clustering (same on every rank)."""
