@@ -8,13 +8,18 @@ Accepts fast-reid's usual flags. Without CUDA, ``--num-gpus N`` starts N CPU pro
 """
 import os
 
-import plugins  # applies the host-compatibility layer and registers every plugin component
+import plugins  # applies the host-compatibility layer and registers every shared plugin component
+import plugins.sage  # registers the SAGE-reID trainers
 from fastreid.config import get_cfg
 from fastreid.engine import default_argument_parser, default_setup, launch
 from fastreid.utils.checkpoint import Checkpointer
 from plugins.compat.config_fixes import adjust_config_for_host
 from plugins.config import add_plugins_config
 from plugins.registry import TRAINER_REGISTRY
+from plugins.sage.config import add_sage_config
+
+# Each method's config keys, added before the YAML is read (a method's keys live in its own config.py).
+METHOD_CONFIGS = (add_sage_config,)
 
 
 def setup(args):
@@ -23,6 +28,8 @@ def setup(args):
         raise FileNotFoundError(f"--config-file '{args.config_file}' does not exist")
     cfg = get_cfg()
     add_plugins_config(cfg)
+    for add_method_config in METHOD_CONFIGS:
+        add_method_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     adjust_config_for_host(cfg)

@@ -14,4 +14,10 @@ def add_vit_backbone_config(cfg):
     cfg.MODEL.BACKBONE.TIMM_VIT.HUB_PRETRAINED = False
     # SIE camera embedding (TransReID): number of camera ids; 0 = off. Needs META_ARCHITECTURE CameraAwareBaseline.
     cfg.MODEL.BACKBONE.TIMM_VIT.NUM_CAMERAS = 0
+    # Shape overrides of the named timm model (0 = keep): patch size, width, number of blocks, attention heads.
+    # For small CPU runs (e.g. the SAGE demo); real experiments keep the named model and its pretrained weights.
+    cfg.MODEL.BACKBONE.TIMM_VIT.PATCH_SIZE = 0
+    cfg.MODEL.BACKBONE.TIMM_VIT.EMBED_DIM = 0
+    cfg.MODEL.BACKBONE.TIMM_VIT.DEPTH = 0
+    cfg.MODEL.BACKBONE.TIMM_VIT.NUM_HEADS = 0
     return cfg

@@ -2,3 +2,6 @@
 from .convert import build_gated_vit, build_gated_vit_from_bank, convert_peft_vit, gate_factory  # noqa: F401
 from .gate import SAGEGate  # noqa: F401
 from .mole_gate import MoLEGate  # noqa: F401
+# Registration (TRAINER_REGISTRY): the stage trainers and the end-to-end pipeline.
+from . import pipeline, trainers  # noqa: E402,F401
+from .config import add_sage_config  # noqa: E402,F401

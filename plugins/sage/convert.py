@@ -31,7 +31,8 @@ def gate_factory(kind: str, *, num_experts: int, num_tokens: int, eps: float = 1
 def build_gated_vit(vit: nn.Module, *, experts: Sequence[Mapping[str, LoRAFactors]], gate: str, num_tokens: int,
                     source_state_dicts: Sequence[Mapping[str, torch.Tensor]] = (),
                     expert_biases: Sequence[Mapping[str, torch.Tensor]] = (),
-                    exclude_prefixes: Sequence[str] = ("head",)) -> Dict[str, GatedLoRALinear]:
+                    exclude_prefixes: Sequence[str] = ("head",), gate_eps: float = 1e-6,
+                    tau_init: float = 1.0) -> Dict[str, GatedLoRALinear]:
     """Turn a plain ViT into the gated multi-expert model, in place.
 
     Args:
@@ -45,6 +46,8 @@ def build_gated_vit(vit: nn.Module, *, experts: Sequence[Mapping[str, LoRAFactor
         expert_biases: per expert, the biases trained in stage 1 (``trained_biases``); when given, their mean
             overwrites the backbone biases, as the authors' code does.
         exclude_prefixes: state-dict keys not averaged (classifier heads).
+        gate_eps: eps of the gate's token-row L2 normalisation.
+        tau_init: initial gate temperature.
     Returns:
         ``module name -> GatedLoRALinear``.
     """
@@ -66,20 +69,23 @@ def build_gated_vit(vit: nn.Module, *, experts: Sequence[Mapping[str, LoRAFactor
         with torch.no_grad():
             for k, v in biases.items():
                 params[k].copy_(v)
-    make_gate = gate_factory(gate, num_experts=len(experts), num_tokens=num_tokens)
+    make_gate = gate_factory(gate, num_experts=len(experts), num_tokens=num_tokens, eps=gate_eps,
+                             tau_init=tau_init)
     return inject_gated_lora(vit, experts, make_gate=make_gate)
 
 
 def build_gated_vit_from_bank(vit: nn.Module, experts: Sequence[LoRAExpert], *, gate: str, num_tokens: int,
                               source_state_dicts: Sequence[Mapping[str, torch.Tensor]] = (),
-                              use_expert_biases: bool = True) -> Dict[str, GatedLoRALinear]:
+                              use_expert_biases: bool = True, gate_eps: float = 1e-6,
+                              tau_init: float = 1.0) -> Dict[str, GatedLoRALinear]:
     """``build_gated_vit`` from experts read by ``plugins.tuners.expert_bank.load_expert_bank``."""
     biases = [trained_biases(e) for e in experts]
     use = use_expert_biases and all(biases)
     if use_expert_biases and any(biases) and not use:
         raise ValueError("only some experts carry trained biases; cannot average them")
     return build_gated_vit(vit, experts=[lora_factors(e) for e in experts], gate=gate, num_tokens=num_tokens,
-                           source_state_dicts=source_state_dicts, expert_biases=biases if use else ())
+                           source_state_dicts=source_state_dicts, expert_biases=biases if use else (),
+                           gate_eps=gate_eps, tau_init=tau_init)
 
 
 def convert_peft_vit(vit: nn.Module, adapter_names: Sequence[str], *, gate: str,

@@ -36,13 +36,14 @@ class SynthReIDBase(ImageDataset):
     """Market-layout reader for one synthetic domain; generates the folder when it is missing or stale."""
 
     domain: str = ""
+    default_config: SynthConfig = DEFAULT_CONFIG
     _junk_pids = [0, -1]
 
     def __init__(self, root: str = "datasets", seed: int | None = None, config: SynthConfig | None = None,
                  **kwargs):
         if not self.domain:
             raise TypeError("SynthReIDBase is abstract: use SynthReIDA / SynthReIDB / SynthReIDC / SynthReIDD")
-        cfg = config or DEFAULT_CONFIG
+        cfg = config or self.default_config
         if seed is not None:
             cfg = SynthConfig(**dict(cfg.to_dict(), seed=int(seed)))
         self.root = root
@@ -103,3 +104,12 @@ class SynthReIDC(SynthReIDBase):
 class SynthReIDD(SynthReIDBase):
     """Domain D: night CCTV, dark, noisy, loose boxes."""
     domain = "D"
+
+
+@DATASET_REGISTRY.register()
+class SynthReIDPretrain(SynthReIDBase):
+    """Domain P: a generic pre-training domain (a style drawn from broad ranges, 160 train identities). It stands in
+    for ImageNet-style pre-training in CPU demos: source models fine-tuned from one shared initialisation can be
+    weight-averaged, as methods that merge fine-tuned models assume."""
+    domain = "P"
+    default_config = SynthConfig(train_ids=160, test_ids=16)

@@ -9,7 +9,7 @@ Optional SIE camera embedding (TransReID): a learnable vector per camera added t
 """
 import logging
 import os
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import timm
 import torch
@@ -26,7 +26,7 @@ class TimmViTBackbone(nn.Module):
 
     def __init__(self, *, model_name: str, img_size: Sequence[int], drop_path_rate: float = 0.0,
                  drop_rate: float = 0.0, attn_drop_rate: float = 0.0, num_cameras: int = 0, sie_coef: float = 3.0,
-                 hub_pretrained: bool = False):
+                 hub_pretrained: bool = False, architecture: Optional[Dict[str, int]] = None):
         """
         Args:
             model_name: timm model name, e.g. ``vit_base_patch16_224``.
@@ -37,11 +37,13 @@ class TimmViTBackbone(nn.Module):
             num_cameras: > 0 adds a learnable SIE camera embedding per camera id; 0 disables it.
             sie_coef: scale of the camera embedding (TransReID's lambda).
             hub_pretrained: download timm's pretrained weights (needs internet); otherwise random init.
+            architecture: overrides of the named model's shape (``patch_size``, ``embed_dim``, ``depth``,
+                ``num_heads``), e.g. a small ViT for CPU runs; ``None`` keeps timm's definition.
         """
         super().__init__()
         self.vit = timm.create_model(model_name, pretrained=hub_pretrained, img_size=tuple(img_size),
                                      num_classes=0, drop_path_rate=drop_path_rate, drop_rate=drop_rate,
-                                     attn_drop_rate=attn_drop_rate)
+                                     attn_drop_rate=attn_drop_rate, **(architecture or {}))
         if getattr(self.vit, "cls_token", None) is None:
             raise ValueError(f"timm model {model_name!r} has no CLS token; this backbone returns the CLS feature")
         self.num_features = self.vit.num_features
@@ -52,6 +54,11 @@ class TimmViTBackbone(nn.Module):
             trunc_normal_(self.sie_embed, std=0.02)
         else:
             self.sie_embed = None
+
+    @property
+    def uses_camids(self) -> bool:
+        """Whether ``forward`` reads the camera ids (SIE on)."""
+        return self.sie_embed is not None
 
     def forward(self, x: torch.Tensor, camids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x (B, 3, H, W), camids (B,) int or None -> (B, D, 1, 1)."""
@@ -110,9 +117,17 @@ def build_timm_vit_backbone(cfg):
     if bb.PRETRAIN and not bb.PRETRAIN_PATH and not use_hub:
         raise ValueError("MODEL.BACKBONE.PRETRAIN is on but PRETRAIN_PATH is empty; give a local weights file or "
                          "set MODEL.BACKBONE.TIMM_VIT.HUB_PRETRAINED True to download timm's weights")
+    # 0 keeps the named model's value; an override changes the shape, so hub weights no longer fit.
+    architecture = {k.lower(): int(v) for k, v in (("PATCH_SIZE", bb.TIMM_VIT.PATCH_SIZE),
+                    ("EMBED_DIM", bb.TIMM_VIT.EMBED_DIM), ("DEPTH", bb.TIMM_VIT.DEPTH),
+                    ("NUM_HEADS", bb.TIMM_VIT.NUM_HEADS)) if int(v) > 0}
+    if architecture and use_hub:
+        raise ValueError(f"MODEL.BACKBONE.TIMM_VIT overrides {architecture} change {bb.TIMM_VIT.NAME}'s shape: its "
+                         f"hub weights would not fit; turn HUB_PRETRAINED off or clear the overrides")
     model = TimmViTBackbone(model_name=bb.TIMM_VIT.NAME, img_size=img_size, drop_path_rate=bb.DROP_PATH_RATIO,
                             drop_rate=bb.DROP_RATIO, attn_drop_rate=bb.ATT_DROP_RATE,
-                            num_cameras=bb.TIMM_VIT.NUM_CAMERAS, sie_coef=bb.SIE_COE, hub_pretrained=use_hub)
+                            num_cameras=bb.TIMM_VIT.NUM_CAMERAS, sie_coef=bb.SIE_COE, hub_pretrained=use_hub,
+                            architecture=architecture)
     if model.num_features != bb.FEAT_DIM:
         raise ValueError(f"MODEL.BACKBONE.FEAT_DIM is {bb.FEAT_DIM} but {bb.TIMM_VIT.NAME} outputs "
                          f"{model.num_features} features")

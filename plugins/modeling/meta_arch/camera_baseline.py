@@ -1,6 +1,8 @@
 """fast-reid's Baseline that also hands the camera ids to a backbone whose forward takes ``camids``."""
 import inspect
 
+import torch
+
 from fastreid.modeling.meta_arch.baseline import Baseline
 from fastreid.modeling.meta_arch.build import META_ARCH_REGISTRY
 
@@ -12,12 +14,18 @@ class CameraAwareBaseline(Baseline):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.backbone_takes_camids = "camids" in inspect.signature(self.backbone.forward).parameters
+        # A backbone may take camids but not use them (e.g. the timm ViT with its SIE embedding off).
+        self.backbone_takes_camids = ("camids" in inspect.signature(self.backbone.forward).parameters
+                                      and getattr(self.backbone, "uses_camids", True))
 
     def forward(self, batched_inputs):
         images = self.preprocess_image(batched_inputs)
         if self.backbone_takes_camids and isinstance(batched_inputs, dict) and "camids" in batched_inputs:
-            features = self.backbone(images, camids=batched_inputs["camids"].to(images.device))
+            camids = batched_inputs["camids"]
+            if not torch.is_tensor(camids):
+                raise TypeError(f"the backbone needs integer camera ids, got {type(camids).__name__} "
+                                f"(e.g. {camids[:2]}): build the dataset with relabel=True or integer camids")
+            features = self.backbone(images, camids=camids.to(images.device))
         else:
             features = self.backbone(images)
         if self.training:

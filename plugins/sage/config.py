@@ -1,0 +1,87 @@
+"""``add_sage_config(cfg)``: the SAGE-reID keys (``cfg.SAGE``), one comment per key naming the paper's symbol.
+
+Dataset roles: ``SAGE.SOURCES`` are the K labelled source datasets (stage 0 only); ``DATASETS.NAMES`` is the
+unlabelled target pool (stages 1 and 2) and ``DATASETS.TESTS`` the target evaluation set of every results row.
+The rest of the config (model, input, losses, solver) is the stage-0 source recipe; ``SAGE.STAGE<i>_OPTS``
+override it per stage with fast-reid's ``KEY VALUE`` list syntax (e.g. ``["SOLVER.MAX_EPOCH", "70"]``).
+"""
+from fastreid.config import CfgNode as CN
+
+# Every results row the pipeline can produce besides the source models, the single experts and SAGE itself.
+BASELINES = ("lora_avg", "task_arithmetic", "ties", "dare", "knots", "tsv_merge", "lorahub", "mole")
+
+
+def add_sage_config(cfg):
+    """Add the SAGE-reID keys to a fast-reid config, in place; returns ``cfg``."""
+    cfg.SAGE = CN()
+    # The K labelled source datasets (registered dataset names), one expert each. Order = expert order.
+    cfg.SAGE.SOURCES = ()
+    # Names of the experts / output folders, one per source; empty: the lower-cased source names.
+    cfg.SAGE.SOURCE_TAGS = ()
+    # Existing stage-0 source checkpoints (fast-reid .pth or safetensors), one per source; empty: stage 0 trains
+    # them. Loaded with weights_only=True.
+    cfg.SAGE.SOURCE_WEIGHTS = ()
+    # Stage-1 expert folders (peft layout), one per source; filled by the pipeline, or set it to skip stage 1.
+    cfg.SAGE.EXPERT_DIRS = ()
+    # Optional shared pre-training of the backbone before stage 0 on these datasets (labelled, disjoint from the
+    # sources and the target): every source model then starts from it. Real runs start from ImageNet weights
+    # (MODEL.BACKBONE.PRETRAIN_PATH) instead; CPU demos without such weights use it, because averaging the source
+    # backbones (stage 2) is only meaningful for models fine-tuned from one shared initialisation.
+    cfg.SAGE.PRETRAIN_DATASETS = ()
+    # Config overrides of that pre-training (fast-reid KEY VALUE list).
+    cfg.SAGE.PRETRAIN_OPTS = []
+    # Config overrides per stage (fast-reid KEY VALUE list): 0 source training, 1 experts, 2 gate training.
+    cfg.SAGE.STAGE0_OPTS = []
+    cfg.SAGE.STAGE1_OPTS = []
+    cfg.SAGE.STAGE2_OPTS = []
+
+    cfg.SAGE.LORA = CN()
+    # r: rank of every expert (paper: 4 for Market/Duke targets, 8 for MSMT17).
+    cfg.SAGE.LORA.RANK = 8
+    # alpha: the residual is scaled by alpha / r (paper: 16 with r=4, 32 with r=8).
+    cfg.SAGE.LORA.ALPHA = 32.0
+    # Dropout on the LoRA input (paper: 0.05).
+    cfg.SAGE.LORA.DROPOUT = 0.05
+    # Also train every ViT bias in stage 1 (the authors' code does; the paper's text does not say so).
+    cfg.SAGE.LORA.TRAIN_BIAS = False
+
+    cfg.SAGE.GATE = CN()
+    # Gate of the merged model trained in stage 2: "sage" (shared w over N x d_out), "mole" (per-expert
+    # projection, baseline) or "avg" (no gate: LoRA-Avg).
+    cfg.SAGE.GATE.KIND = "sage"
+    # Initial softmax temperature tau of every gated layer.
+    cfg.SAGE.GATE.TAU_INIT = 1.0
+    # eps of the token-row L2 normalisation of the residuals (Omega).
+    cfg.SAGE.GATE.EPS = 1e-6
+
+    # Results rows besides source-only / single experts / SAGE; any subset of plugins.sage.config.BASELINES.
+    cfg.SAGE.BASELINES = BASELINES
+    # "Blend" row: one stage-0 model trained on the pooled sources.
+    cfg.SAGE.BLEND = False
+    # Leave-one-source-out rows: SAGE with K-1 experts, one row per left-out source (K extra gate trainings).
+    cfg.SAGE.LEAVE_ONE_OUT = False
+
+    cfg.SAGE.MERGE = CN()
+    # lambda of Task Arithmetic / TIES / DARE / KnOTS / TSV-M (merged delta = lambda * combined deltas).
+    cfg.SAGE.MERGE.SCALE = 1.0
+    # TIES: fraction of each expert's delta entries kept by magnitude.
+    cfg.SAGE.MERGE.DENSITY = 0.2
+    # DARE: drop rate p of the random mask (kept entries rescaled by 1 / (1 - p)).
+    cfg.SAGE.MERGE.DROP_RATE = 0.5
+    # KnOTS: how the aligned coefficients are combined ("task_arithmetic", "ties" or "dare").
+    cfg.SAGE.MERGE.KNOTS_COMBINATION = "ties"
+    # Seed of DARE's masks.
+    cfg.SAGE.MERGE.SEED = 0
+
+    cfg.SAGE.LORAHUB = CN()
+    # Optimiser of the K layer-shared coefficients: "cma" (gradient-free, as the paper) or "gradient" (Adam).
+    cfg.SAGE.LORAHUB.OPTIMIZER = "cma"
+    # Objective evaluations (cma) or steps (gradient).
+    cfg.SAGE.LORAHUB.BUDGET = 40
+    # Pseudo-labelled target images in the fixed objective batch (an equal number per cluster, at most).
+    cfg.SAGE.LORAHUB.NUM_IMAGES = 256
+    # Softmax temperature of the cosine logits against the cluster centroids in the objective.
+    cfg.SAGE.LORAHUB.TEMPERATURE = 0.05
+    # L1 penalty weight on mean |c| (paper: 0.05).
+    cfg.SAGE.LORAHUB.L1 = 0.05
+    return cfg

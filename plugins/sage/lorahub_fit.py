@@ -1,0 +1,108 @@
+"""The LoRAHub baseline on the unlabelled target: K layer-shared expert coefficients fitted on pseudo-labels.
+
+Pseudo-labels come from clustering the target pool with the starting model (c = 1/K, i.e. LoRA-Avg), with the
+same Jaccard + DBSCAN settings as the other stages (``PLUGINS.PSEUDO_LABEL``). The objective, on a fixed batch
+of pseudo-labelled images, is the cross-entropy of each eval feature against the L2-normalised centroids of the
+batch's pseudo-identities recomputed from the current features (cosine logits / temperature), plus LoRAHub's L1
+penalty; it is minimised by CMA-ES (paper) or Adam. Centroids fixed at the starting model would make that model
+the objective's optimum by construction; recomputed ones score how compact and separated the clusters are.
+"""
+from __future__ import annotations
+
+import logging
+from typing import List, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from fastreid.data.build import fast_batch_collator
+from fastreid.data.common import CommDataset
+from fastreid.data.datasets import DATASET_REGISTRY
+from fastreid.data.transforms import build_transforms
+from fastreid.utils import comm
+from torch import nn
+
+from ..engine.pseudo_label_hook import cluster_features, extract_features
+from ..tuners.expert_bank import lora_factors
+from ..tuners.lorahub import attach_lorahub, fit_lorahub_cma, fit_lorahub_gradient, fold_lorahub
+from .builders import build_merged_base, vit_of
+
+__all__ = ["target_pool", "objective_indices", "fit_lorahub_model"]
+
+logger = logging.getLogger("fastreid." + __name__)
+
+
+def target_pool(cfg, root: str) -> List[tuple]:
+    """(img_path, camid) of the train images of ``DATASETS.NAMES`` (their identity labels are not read)."""
+    items = []
+    for name in cfg.DATASETS.NAMES:
+        items.extend((it[0], it[2]) for it in DATASET_REGISTRY.get(name)(root=root).train)
+    if not items:
+        raise ValueError(f"DATASETS.NAMES {tuple(cfg.DATASETS.NAMES)} has no training images")
+    return items
+
+
+def objective_indices(labels: np.ndarray, num_images: int, seed: int = 0) -> np.ndarray:
+    """Up to ``num_images`` pseudo-labelled indices, taken round-robin over the clusters (outliers, label -1,
+    excluded) so that every cluster is represented before any gets a second image."""
+    rng = np.random.default_rng(seed)
+    per_cluster = [rng.permutation(np.flatnonzero(labels == c)) for c in range(int(labels.max()) + 1)]
+    order = []
+    depth = 0
+    while len(order) < num_images and any(depth < len(m) for m in per_cluster):
+        order.extend(int(m[depth]) for m in per_cluster if depth < len(m))
+        depth += 1
+    return np.asarray(order[:num_images], np.int64)
+
+
+def fit_lorahub_model(cfg, source_weights: Sequence[str], expert_dirs: Sequence[str], *, root: str
+                      ) -> tuple[nn.Module, List[float]]:
+    """Build the merged base, attach LoRAHub, fit the coefficients on target pseudo-labels, fold them into the
+    weights. Returns (model with plain linears, the K coefficients). Under torch.distributed, features are
+    extracted by all ranks, rank 0 clusters and fits, and every rank receives its coefficients."""
+    model, experts = build_merged_base(cfg, source_weights, expert_dirs)
+    vit = vit_of(model)
+    factors = [lora_factors(e) for e in experts]
+    coefficients = attach_lorahub(vit, {name: [f[name] for f in factors] for name in factors[0]})
+    model.eval()
+    items = target_pool(cfg, root)
+    p, hub = cfg.PLUGINS.PSEUDO_LABEL, cfg.SAGE.LORAHUB
+    feats = extract_features(cfg, model, items, batch_size=int(p.FEATURE_BATCH) or int(cfg.TEST.IMS_PER_BATCH),
+                             desc="LoRAHub pseudo-label features")
+    values = None
+    if comm.is_main_process():
+        clusters = cluster_features(feats, k1=p.K1, k2=p.K2, eps=float(p.EPS) if p.EPS_MODE == "fixed" else None,
+                                    rho=p.RHO, min_samples=p.MIN_SAMPLES)
+        idx = objective_indices(clusters.labels, int(hub.NUM_IMAGES))
+        data = CommDataset([(items[i][0], 0, items[i][1]) for i in idx], build_transforms(cfg, is_train=False),
+                           relabel=False)
+        batch = fast_batch_collator([data[i] for i in range(len(data))])
+        _, targets = np.unique(clusters.labels[idx], return_inverse=True)
+        targets = torch.as_tensor(targets)
+        onehot = F.one_hot(targets).float()  # (M, C) membership in the batch's pseudo-identities
+        temperature = float(hub.TEMPERATURE)
+
+        def loss_fn() -> torch.Tensor:
+            f = F.normalize(model(batch).float(), dim=1)                  # (M, D)
+            centroids = F.normalize(onehot.T.to(f) @ f, dim=1)             # (C, D) current cluster means
+            return F.cross_entropy(f @ centroids.T / temperature, targets.to(f.device))
+
+        logger.info(f"LoRAHub: {clusters.num_clusters} pseudo-identities, objective on {len(idx)} images, "
+                    f"{hub.OPTIMIZER} with budget {hub.BUDGET}")
+        with torch.no_grad():
+            start = float(loss_fn()) + float(coefficients.weight.abs().mean()) * float(hub.L1)
+        if hub.OPTIMIZER == "cma":
+            best = fit_lorahub_cma(coefficients, loss_fn, budget=int(hub.BUDGET), l1=float(hub.L1))
+        elif hub.OPTIMIZER == "gradient":
+            best = fit_lorahub_gradient(coefficients, loss_fn, steps=int(hub.BUDGET), l1=float(hub.L1))[-1]
+        else:
+            raise ValueError(f"SAGE.LORAHUB.OPTIMIZER must be 'cma' or 'gradient', got {hub.OPTIMIZER!r}")
+        values = coefficients.weight.detach().cpu().tolist()
+        logger.info(f"LoRAHub coefficients {[round(v, 4) for v in values]}: objective {best:.4f} (LoRA-Avg start "
+                    f"{start:.4f}{'; nothing better found, LoRA-Avg kept' if best >= start else ''})")
+    if comm.get_world_size() > 1:
+        values = comm.all_gather(values)[0]
+    with torch.no_grad():
+        coefficients.weight.copy_(torch.as_tensor(values, dtype=coefficients.weight.dtype))
+    fold_lorahub(vit)
+    return model, [float(v) for v in values]

@@ -1,0 +1,330 @@
+"""``SAGEPipeline``: one config runs SAGE-reID end to end (``PLUGINS.TRAINER: SAGEPipeline``).
+
+    OUTPUT_DIR/
+      pretrain/               optional shared pre-training (SAGE.PRETRAIN_DATASETS) -> vit.safetensors
+      stage0/<source>/        fast-reid baseline on one source (skipped when SAGE.SOURCE_WEIGHTS are given)
+      stage0/blend/           the "Blend" baseline: one model on the pooled sources (SAGE.BLEND)
+      stage1/<source>/expert/ one LoRA expert per source, trained on the unlabelled target (peft layout + neck)
+      stage2/sage/            gate training (one epoch); stage2/mole/ the MoLE baseline; stage2/without_<source>/
+      analysis/               gate weights / correlation / CKA tables and heatmaps of the SAGE model
+      results.json|md|csv     every row on the target test set: mAP, R-1, R-5, R-10
+
+Resuming: a stage folder holding ``done.json`` is complete and skipped; a stage interrupted mid-way resumes from
+its last checkpoint (fast-reid's ``last_checkpoint``); rows already in ``results.json`` are not re-measured. The
+run therefore always continues where it stopped: delete a stage folder (or a row of results.json) to redo it.
+Under torch.distributed every rank runs the same sequence; trainers use DDP, rank 0 writes the files.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import os
+from typing import Callable, Dict, List, Optional
+
+import torch
+from fastreid.engine import DefaultTrainer
+from fastreid.utils import comm
+from safetensors.torch import save_file
+
+from ..registry import TRAINER_REGISTRY
+from .builders import MERGE_ROWS, build_gated_model, build_static_merge_model, load_source_weights, vit_of
+from .config import BASELINES
+from .lorahub_fit import fit_lorahub_model
+from .results import ResultsTable, metrics_of
+from .trainers import EXPERT_SUBDIR, SAGEExpertTrainer, SAGEGateTrainer
+
+__all__ = ["SAGEPipeline", "ROW_NAMES", "DONE_FILE"]
+
+logger = logging.getLogger("fastreid." + __name__)
+
+DONE_FILE = "done.json"
+PRETRAINED_VIT = "vit.safetensors"
+FINAL_CHECKPOINT = "model_final.pth"
+ROW_NAMES = {"lora_avg": "LoRA-Avg", "task_arithmetic": "Task Arithmetic", "ties": "TIES", "dare": "DARE",
+             "knots": "KnOTS", "tsv_merge": "TSV-M", "lorahub": "LoRAHub", "mole": "MoLE"}
+
+
+def _from_main(value):
+    """``value`` of rank 0 on every rank."""
+    return comm.all_gather(value)[0] if comm.get_world_size() > 1 else value
+
+
+@contextlib.contextmanager
+def _stage_log(directory: str):
+    """Also write the "fastreid" log to ``<directory>/log.txt`` while a stage runs."""
+    handler = None
+    if comm.is_main_process():
+        os.makedirs(directory, exist_ok=True)
+        handler = logging.FileHandler(os.path.join(directory, "log.txt"))
+        handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s"))
+        logging.getLogger("fastreid").addHandler(handler)
+    try:
+        yield
+    finally:
+        if handler is not None:
+            logging.getLogger("fastreid").removeHandler(handler)
+            handler.close()
+
+
+@TRAINER_REGISTRY.register()
+class SAGEPipeline:
+    """Stages 0 -> 1 -> 2, every baseline, the results table (see the module docstring for the folder layout)."""
+
+    def __init__(self, cfg):
+        s = cfg.SAGE
+        self.sources = list(s.SOURCES)
+        if len(self.sources) < 2:
+            raise ValueError(f"SAGE.SOURCES needs at least 2 source datasets, got {self.sources}")
+        self.tags = list(s.SOURCE_TAGS) or [n.lower() for n in self.sources]
+        if len(self.tags) != len(self.sources) or len(set(self.tags)) != len(self.tags):
+            raise ValueError(f"SAGE.SOURCE_TAGS {self.tags} must give one distinct name per source {self.sources}")
+        for key in ("SOURCE_WEIGHTS", "EXPERT_DIRS"):
+            given = list(s.get(key))
+            if given and len(given) != len(self.sources):
+                raise ValueError(f"SAGE.{key} has {len(given)} entries for {len(self.sources)} SAGE.SOURCES")
+            missing = [p for p in given if not os.path.exists(p)]
+            if missing:
+                raise FileNotFoundError(f"SAGE.{key}: {missing} do not exist")
+        unknown = [b for b in s.BASELINES if b not in BASELINES]
+        if unknown:
+            raise ValueError(f"SAGE.BASELINES has unknown entries {unknown}; choose from {list(BASELINES)}")
+        if len(cfg.DATASETS.TESTS) != 1:
+            raise ValueError(f"DATASETS.TESTS must name exactly one target test set, got {tuple(cfg.DATASETS.TESTS)}")
+        if s.GATE.KIND not in ("sage", "mole"):
+            raise ValueError(f"SAGE.GATE.KIND of the pipeline's main row must be 'sage' or 'mole', got "
+                             f"{s.GATE.KIND!r} (LoRA-Avg is the 'lora_avg' baseline)")
+        self.cfg = cfg
+        self.root = cfg.OUTPUT_DIR
+        self.target = cfg.DATASETS.TESTS[0]
+        self.data_root = os.getenv("FASTREID_DATASETS", "datasets")
+        self.results = ResultsTable(self.root)
+        self.order: List[str] = []
+        self.pretrained = ""  # ViT weights of the shared pre-training, when SAGE.PRETRAIN_DATASETS is set
+
+    # --- fast-reid entry-point interface (tools/train_net.py) ---------------------------------------------------
+
+    @classmethod
+    def build_model(cls, cfg):
+        """``--eval-only``: the stage-2 model from ``SAGE.SOURCE_WEIGHTS`` / ``SAGE.EXPERT_DIRS`` (load
+        ``stage2/sage/model_final.pth`` over it with ``MODEL.WEIGHTS``)."""
+        return build_gated_model(cfg, list(cfg.SAGE.SOURCE_WEIGHTS), list(cfg.SAGE.EXPERT_DIRS))
+
+    @classmethod
+    def test(cls, cfg, model):
+        return DefaultTrainer.test(cfg, model)
+
+    def resume_or_load(self, resume=True):
+        """The pipeline always continues where it stopped (see the module docstring); ``resume`` is not needed."""
+        if not resume and comm.is_main_process() and os.path.isfile(self.results.path):
+            logger.info(f"{self.root} holds an earlier run: completed stages and measured rows are reused "
+                        f"(delete them to redo them)")
+
+    def train(self) -> Dict[str, Dict]:
+        s = self.cfg.SAGE
+        self.pretrained = self.pretrain() if s.PRETRAIN_DATASETS else ""
+        sources = self.source_models()
+        if s.BLEND:
+            self.blend()
+        experts = self.expert_models(sources)
+        for row in MERGE_ROWS:
+            if row in s.BASELINES:
+                self.eval_row(ROW_NAMES[row], "static merge",
+                              lambda row=row: build_static_merge_model(self.eval_cfg(), sources, experts, row))
+        if "lorahub" in s.BASELINES:
+            self.eval_row("LoRAHub", "learned merge", lambda: self._lorahub(sources, experts))
+        if "mole" in s.BASELINES:
+            self.gate_stage("MoLE", "mole", "mole", sources, experts)
+        self.gate_stage("SAGE" if s.GATE.KIND == "sage" else "MoLE", s.GATE.KIND, s.GATE.KIND, sources, experts)
+        if s.LEAVE_ONE_OUT:
+            for k, tag in enumerate(self.tags):
+                keep = [i for i in range(len(self.tags)) if i != k]
+                self.gate_stage(f"SAGE w/o {self.sources[k]}", f"without_{tag}", s.GATE.KIND,
+                                [sources[i] for i in keep], [experts[i] for i in keep], group="leave-one-out")
+        return self.report()
+
+    # --- stages ----------------------------------------------------------------------------------------------
+
+    def pretrain(self) -> str:
+        """Shared pre-training on ``SAGE.PRETRAIN_DATASETS``; returns the exported ViT weights (safetensors)."""
+        out = os.path.join(self.root, "pretrain")
+        path = os.path.join(out, PRETRAINED_VIT)
+        cfg = self.stage_cfg("PRETRAIN", out, trainer="DefaultTrainer", names=tuple(self.cfg.SAGE.PRETRAIN_DATASETS))
+        cfg.defrost()
+        # fast-reid's checkpointer hook needs a test set: the first pre-training dataset (in-domain sanity check)
+        cfg.DATASETS.TESTS = tuple(self.cfg.SAGE.PRETRAIN_DATASETS)[:1]
+        cfg.freeze()
+        done = os.path.join(out, DONE_FILE)
+        if os.path.isfile(done) and os.path.isfile(path):
+            logger.info(f"pre-training: complete in {out}, skipped")
+            return path
+        with _stage_log(out):
+            trainer = DefaultTrainer(cfg)
+            trainer.resume_or_load(resume=True)
+            if trainer.start_epoch < trainer.max_epoch:
+                trainer.train()
+            if comm.is_main_process():
+                vit = vit_of(trainer.model.module if hasattr(trainer.model, "module") else trainer.model)
+                save_file({k: v.detach().cpu().contiguous() for k, v in vit.state_dict().items()}, path,
+                          metadata={"format": "pt"})
+                with open(done, "w") as f:
+                    json.dump({"stage": "pre-training", "weights": path}, f, indent=2)
+            comm.synchronize()
+        del trainer
+        gc.collect()
+        return path
+
+    def source_models(self) -> List[str]:
+        """Stage 0: a checkpoint per source (given, or trained here); their target scores are rows."""
+        given = list(self.cfg.SAGE.SOURCE_WEIGHTS)
+        paths = []
+        for k, (name, tag) in enumerate(zip(self.sources, self.tags)):
+            row = f"source-only: {name}"
+            if given:
+                paths.append(given[k])
+                self.eval_row(row, "source model", lambda k=k: self._load_source(given[k]))
+                continue
+            out = os.path.join(self.root, "stage0", tag)
+            cfg = self.stage_cfg(0, out, trainer="DefaultTrainer", names=(name,))
+            self.record(row, "source model", self.run_stage(f"stage 0 ({name})", cfg, DefaultTrainer))
+            paths.append(os.path.join(out, FINAL_CHECKPOINT))
+        return paths
+
+    def blend(self) -> None:
+        out = os.path.join(self.root, "stage0", "blend")
+        cfg = self.stage_cfg(0, out, trainer="DefaultTrainer", names=tuple(self.sources))
+        self.record("Blend (pooled sources)", "source model", self.run_stage("stage 0 (blend)", cfg, DefaultTrainer))
+
+    def expert_models(self, sources: List[str]) -> List[str]:
+        """Stage 1: one expert per source on the target (or the given SAGE.EXPERT_DIRS, evaluated)."""
+        given = list(self.cfg.SAGE.EXPERT_DIRS)
+        dirs = []
+        for k, (name, tag) in enumerate(zip(self.sources, self.tags)):
+            row = f"expert: {name}"
+            if given:
+                from .builders import load_expert_model
+
+                dirs.append(given[k])
+                self.eval_row(row, "single expert",
+                              lambda k=k: load_expert_model(self.eval_cfg(), sources[k], given[k]))
+                continue
+            out = os.path.join(self.root, "stage1", tag)
+            cfg = self.stage_cfg(1, out, trainer="SAGEExpertTrainer", weights=sources[k])
+            self.record(row, "single expert", self.run_stage(f"stage 1 (expert {name})", cfg, SAGEExpertTrainer))
+            dirs.append(os.path.join(out, EXPERT_SUBDIR))
+        return dirs
+
+    def gate_stage(self, row: str, folder: str, kind: str, sources: List[str], experts: List[str],
+                   group: str = "learned merge") -> None:
+        """Stage 2 with gate ``kind`` on the given experts, in ``stage2/<folder>``."""
+        out = os.path.join(self.root, "stage2", folder)
+        cfg = self.stage_cfg(2, out, trainer="SAGEGateTrainer", sources=sources, experts=experts, gate=kind)
+        self.record(row, group, self.run_stage(f"stage 2 ({row})", cfg, SAGEGateTrainer))
+
+    # --- helpers ---------------------------------------------------------------------------------------------
+
+    def stage_cfg(self, stage, output_dir: str, *, trainer: str, names=None, weights: str = "",
+                  sources=(), experts=(), gate: Optional[str] = None):
+        """The config of one stage (0, 1, 2 or "PRETRAIN"): the base config + ``SAGE.STAGE<stage>_OPTS`` (or
+        ``SAGE.PRETRAIN_OPTS``) + the stage's own keys."""
+        c = self.cfg.clone()
+        c.defrost()
+        opts_key = "PRETRAIN_OPTS" if stage == "PRETRAIN" else f"STAGE{stage}_OPTS"
+        c.merge_from_list(list(self.cfg.SAGE.get(opts_key)))
+        c.OUTPUT_DIR = output_dir
+        c.PLUGINS.TRAINER = trainer
+        c.MODEL.HEADS.NUM_CLASSES = 0  # fast-reid sets it from the (pseudo-)labelled train set
+        c.MODEL.WEIGHTS = weights
+        if names is not None:
+            c.DATASETS.NAMES = tuple(names)
+        c.SAGE.SOURCE_WEIGHTS = tuple(sources)
+        c.SAGE.EXPERT_DIRS = tuple(experts)
+        if gate is not None:
+            c.SAGE.GATE.KIND = gate
+        if stage == 0 and self.pretrained:
+            c.MODEL.BACKBONE.PRETRAIN = True
+            c.MODEL.BACKBONE.PRETRAIN_PATH = self.pretrained
+        elif stage in (1, 2):
+            c.MODEL.BACKBONE.PRETRAIN = False  # every weight comes from the source models
+        c.TEST.EVAL_PERIOD = c.SOLVER.MAX_EPOCH  # the row is the final model's score
+        c.freeze()
+        return c
+
+    def eval_cfg(self):
+        """The config evaluation-only models are built with (one placeholder class: no classifier is used)."""
+        c = self.stage_cfg(2, self.root, trainer="DefaultTrainer")
+        c.defrost()
+        c.MODEL.HEADS.NUM_CLASSES = 1
+        c.freeze()
+        return c
+
+    def run_stage(self, title: str, cfg, trainer_cls) -> Dict[str, float]:
+        """Train one stage in ``cfg.OUTPUT_DIR`` unless its ``done.json`` exists; returns its target metrics."""
+        done = os.path.join(cfg.OUTPUT_DIR, DONE_FILE)
+        if os.path.isfile(done):
+            with open(done) as f:
+                metrics = json.load(f)["metrics"]
+            logger.info(f"{title}: complete in {cfg.OUTPUT_DIR}, skipped")
+            return metrics
+        resuming = os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+        logger.info(f"{title}: {'resuming' if resuming else 'training'} in {cfg.OUTPUT_DIR}")
+        with _stage_log(cfg.OUTPUT_DIR):
+            trainer = trainer_cls(cfg)
+            trainer.resume_or_load(resume=True)
+            if trainer.start_epoch < trainer.max_epoch:
+                results = trainer.train()
+            else:  # killed after the last checkpoint but before done.json: evaluate the final model again
+                results = trainer.test(cfg, trainer.model)
+                if isinstance(trainer, SAGEExpertTrainer):
+                    trainer.export_expert()
+            metrics = _from_main(metrics_of(results, title) if comm.is_main_process() else None)
+        if comm.is_main_process():
+            with open(done, "w") as f:
+                json.dump({"stage": title, "metrics": metrics}, f, indent=2)
+        comm.synchronize()
+        del trainer
+        gc.collect()
+        return metrics
+
+    def record(self, row: str, group: str, metrics: Dict[str, float]) -> None:
+        self.order.append(row)
+        self.results.add(row, group, metrics, save=comm.is_main_process())
+
+    def eval_row(self, row: str, group: str, build: Callable[[], torch.nn.Module]) -> None:
+        """Evaluate the model ``build()`` returns on the target, unless ``row`` is already in results.json."""
+        if row in self.results:
+            logger.info(f"{row}: already measured, skipped")
+            self.order.append(row)
+            return
+        logger.info(f"{row}: building and evaluating")
+        model = build()
+        model.eval()
+        device = torch.device(self.cfg.MODEL.DEVICE)
+        results = DefaultTrainer.test(self.eval_cfg(), model.to(device))
+        self.record(row, group, _from_main(metrics_of(results, row) if comm.is_main_process() else None))
+        del model
+        gc.collect()
+
+    def _load_source(self, path: str) -> torch.nn.Module:
+        from fastreid.modeling import build_model
+
+        model = build_model(self.eval_cfg())
+        load_source_weights(model, path)
+        return model
+
+    def _lorahub(self, sources: List[str], experts: List[str]) -> torch.nn.Module:
+        model, coefficients = fit_lorahub_model(self.eval_cfg(), sources, experts, root=self.data_root)
+        if comm.is_main_process():
+            os.makedirs(self.root, exist_ok=True)
+            with open(os.path.join(self.root, "lorahub_coefficients.json"), "w") as f:
+                json.dump(dict(zip(self.tags, coefficients)), f, indent=2)
+        return model
+
+    def report(self) -> Dict[str, Dict]:
+        title = f"SAGE-reID: {' + '.join(self.sources)} -> {self.target}"
+        if comm.is_main_process():
+            table = self.results.write_tables(self.order, title=title)
+            logger.info(f"{title} (target test set, %):\n{table}\n"
+                        f"written to {os.path.join(self.root, 'results.md')} and results.csv")
+        return {n: self.results.get(n) for n in self.order}
