@@ -21,7 +21,14 @@ def _distributed_worker_cpu(local_rank, main_func, world_size, num_procs_per_mac
     """CPU twin of ``fastreid.engine.launch._distributed_worker``: gloo backend, no device pinning."""
     from fastreid.utils import comm
 
+    import multiprocessing
+
     import plugins  # noqa: F401  (spawned processes re-import: apply the patches and registrations again)
+
+    # DataLoader workers of this process must inherit the patched modules: with the "spawn" default they would
+    # re-import fast-reid without the patches (torch._six ...) unless the entry script imports plugins itself.
+    if "fork" in multiprocessing.get_all_start_methods():
+        multiprocessing.set_start_method("fork", force=True)
 
     global_rank = machine_rank * num_procs_per_machine + local_rank
     try:
