@@ -1,0 +1,254 @@
+"""``SAGEPipeline`` end to end through ``tools/train_net.py`` (its ``main``, in-process) on tiny synthetic domains:
+K = 2 sources (A, B) -> target C, every stage a few iterations of a 1-block width-32 ViT.
+
+Checked: every results row (finite, in [0, 100], CMC monotone) in results.json / .md / .csv; the folder layout
+and what each stage wrote (done.json = its row, the experts in the gated checkpoints); the pseudo-labels the hook
+reported; a second run on the same OUTPUT_DIR builds, trains and evaluates nothing and returns the same rows; after
+deleting one stage's done.json, one stage folder and one static row, the rerun redoes exactly those.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastreid.engine import DefaultTrainer, default_argument_parser
+
+from plugins.compat.checkpoint import load_checkpoint_file
+from plugins.data.datasets.synthetic import SynthReIDBase
+from plugins.data.synthetic import SynthConfig
+from plugins.sage.pipeline import DONE_FILE
+from plugins.tuners.expert_bank import load_expert, lora_factors
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+# A quarter of the default domain: 64 train images (16 ids x 4), 24 queries; 4 train iterations per epoch.
+TINY_DOMAIN = SynthConfig(train_ids=16, test_ids=8, images_per_id=4, height=64, width=32, junk=2, distractors=2)
+IMS_PER_BATCH, NUM_INSTANCE = 16, 4  # P = 4 pseudo-identities per batch
+
+SOURCES, TAGS = ("SynthReIDA", "SynthReIDB"), ("a", "b")
+ROWS = {  # row -> group, in the pipeline's order
+    "source-only: SynthReIDA": "source model", "source-only: SynthReIDB": "source model",
+    "Blend (pooled sources)": "source model",
+    "expert: SynthReIDA": "single expert", "expert: SynthReIDB": "single expert",
+    "LoRA-Avg": "static merge", "TIES": "static merge",
+    "LoRAHub": "learned merge", "MoLE": "learned merge", "SAGE": "learned merge",
+    "SAGE w/o SynthReIDA": "leave-one-out", "SAGE w/o SynthReIDB": "leave-one-out",
+}
+STAGE_ROWS = {  # stage folder -> its results row
+    "stage0/a": "source-only: SynthReIDA", "stage0/b": "source-only: SynthReIDB",
+    "stage0/blend": "Blend (pooled sources)",
+    "stage1/a": "expert: SynthReIDA", "stage1/b": "expert: SynthReIDB",
+    "stage2/mole": "MoLE", "stage2/sage": "SAGE",
+    "stage2/without_a": "SAGE w/o SynthReIDA", "stage2/without_b": "SAGE w/o SynthReIDB",
+}
+METRICS = ("mAP", "Rank-1", "Rank-5", "Rank-10")
+
+
+def opts(output_dir) -> list:
+    stage = ["SOLVER.MAX_EPOCH", "1", "SOLVER.CHECKPOINT_PERIOD", "1", "SOLVER.IMS_PER_BATCH", str(IMS_PER_BATCH),
+             "SOLVER.WARMUP_ITERS", "0"]
+    return [
+        "MODEL.DEVICE", "cpu", "MODEL.BACKBONE.TIMM_VIT.DEPTH", "1", "MODEL.BACKBONE.TIMM_VIT.EMBED_DIM", "32",
+        "MODEL.BACKBONE.TIMM_VIT.NUM_HEADS", "2", "MODEL.BACKBONE.FEAT_DIM", "32",
+        "DATALOADER.NUM_WORKERS", "0", "DATALOADER.NUM_INSTANCE", str(NUM_INSTANCE),
+        "SOLVER.IMS_PER_BATCH", str(IMS_PER_BATCH), "SOLVER.MAX_EPOCH", "1", "SOLVER.CHECKPOINT_PERIOD", "1",
+        "SOLVER.WARMUP_ITERS", "0", "TEST.IMS_PER_BATCH", "64",
+        # 64 target images: small k-reciprocal neighbourhoods; eps / min_samples leave >= P clusters
+        "PLUGINS.PSEUDO_LABEL.K1", "6", "PLUGINS.PSEUDO_LABEL.K2", "3", "PLUGINS.PSEUDO_LABEL.EPS", "0.5",
+        "PLUGINS.PSEUDO_LABEL.MIN_SAMPLES", "2", "PLUGINS.PSEUDO_LABEL.FEATURE_BATCH", "64",
+        "SAGE.SOURCES", str(SOURCES), "SAGE.SOURCE_TAGS", str(TAGS), "SAGE.PRETRAIN_DATASETS", "()",
+        "SAGE.STAGE1_OPTS", str(stage), "SAGE.STAGE2_OPTS", str(stage + ["SOLVER.BASE_LR", "0.01"]),
+        "SAGE.BASELINES", '("lora_avg", "ties", "lorahub", "mole")', "SAGE.BLEND", "True",
+        "SAGE.LEAVE_ONE_OUT", "True", "SAGE.LORAHUB.BUDGET", "6", "SAGE.LORAHUB.NUM_IMAGES", "32",
+        "OUTPUT_DIR", str(output_dir),
+    ]
+
+
+def load_train_net():
+    spec = importlib.util.spec_from_file_location("sage_test_train_net", REPO / "tools" / "train_net.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Spy:
+    """Records which stage folders built a trainer, trained, and how many models were evaluated."""
+
+    def __init__(self, monkeypatch):
+        self.built, self.trained, self.evaluated = [], [], 0
+        init, train, test = DefaultTrainer.__init__, DefaultTrainer.train, DefaultTrainer.__dict__["test"].__func__
+
+        def spy_init(trainer, cfg):
+            self.built.append(cfg.OUTPUT_DIR)
+            init(trainer, cfg)
+
+        def spy_train(trainer):
+            self.trained.append(trainer.cfg.OUTPUT_DIR)
+            return train(trainer)
+
+        def spy_test(cls, cfg, model):
+            self.evaluated += 1
+            return test(cls, cfg, model)
+
+        monkeypatch.setattr(DefaultTrainer, "__init__", spy_init)
+        monkeypatch.setattr(DefaultTrainer, "train", spy_train)
+        monkeypatch.setattr(DefaultTrainer, "test", classmethod(spy_test))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """``run()`` runs tools/train_net.py's ``main`` on one OUTPUT_DIR and returns the rows; the first run is done."""
+    out = tmp_path_factory.mktemp("sage_pipeline")
+    logger = logging.getLogger("fastreid")
+    level = logger.level
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FASTREID_DATASETS", str(tmp_path_factory.mktemp("datasets")))
+        mp.setattr(SynthReIDBase, "default_config", TINY_DOMAIN)
+        train_net = load_train_net()
+        # default_setup would add lasting log handlers and re-seed every RNG at random; the stages' log.txt files
+        # (the pipeline's own handler) still get the INFO records
+        mp.setattr(train_net, "default_setup", lambda cfg, args: None)
+        logger.setLevel(logging.INFO)
+
+        def run_once():
+            torch.manual_seed(0)
+            np.random.seed(0)
+            random.seed(0)
+            args = default_argument_parser().parse_args(
+                ["--config-file", str(REPO / "configs" / "sage" / "demo.yml"), *opts(out)])
+            return train_net.main(args)
+
+        first = run_once()
+        try:
+            yield out, first, run_once
+        finally:
+            logger.setLevel(level)
+
+
+def stage_files(out: Path) -> dict:
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns
+            for p in sorted(out.glob("stage*/**/*")) if p.is_file()}
+
+
+def test_rows_and_tables(run):
+    out, rows, _ = run
+    assert list(rows) == list(ROWS)
+    for name, row in rows.items():
+        assert row["group"] == ROWS[name], name
+        values = [row[m] for m in METRICS]
+        assert all(math.isfinite(v) and 0 <= v <= 100 for v in values), (name, row)
+        assert row["Rank-1"] <= row["Rank-5"] <= row["Rank-10"], (name, row)
+        assert row["mAP"] > 0, (name, row)
+    with open(out / "results.json") as f:
+        assert json.load(f) == rows
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert csv_lines[0] == "group,method,mAP,Rank-1,Rank-5,Rank-10"
+    assert [line.split(",")[1] for line in csv_lines[1:]] == list(ROWS)
+    for line in csv_lines[1:]:
+        group, name, *values = line.split(",")
+        assert group == ROWS[name] and [float(v) for v in values] == [rows[name][m] for m in METRICS], name
+    md = (out / "results.md").read_text()
+    assert md.startswith("# SAGE-reID: SynthReIDA + SynthReIDB -> SynthReIDC")
+    table = {cells[1]: [float(v) for v in cells[2:]] for cells in
+             ([c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()[4:])}
+    assert list(table) == list(ROWS)
+    for name, values in table.items():
+        assert values == pytest.approx([rows[name][m] for m in METRICS], abs=0.005 + 1e-9), name
+
+
+def test_folder_layout(run):
+    out, rows, _ = run
+    assert not (out / "pretrain").exists()  # SAGE.PRETRAIN_DATASETS is empty
+    for stage, row in STAGE_ROWS.items():
+        done = json.loads((out / stage / DONE_FILE).read_text())
+        assert done["metrics"] == {m: rows[row][m] for m in METRICS}, stage
+        assert (out / stage / "log.txt").is_file()
+        if not stage.startswith("stage1"):
+            assert (out / stage / "model_final.pth").is_file(), stage
+    for tag in TAGS:
+        expert = out / "stage1" / tag / "expert"
+        assert sorted(os.listdir(expert)) == ["adapter_config.json", "adapter_model.safetensors", "neck.safetensors"]
+        factors = lora_factors(load_expert(str(expert)))
+        assert sorted(factors) == [f"blocks.0.{m}" for m in ("attn.proj", "attn.qkv", "mlp.fc1", "mlp.fc2")]
+        a, b, scaling = factors["blocks.0.mlp.fc1"]
+        assert a.shape == (4, 32) and b.shape == (128, 4) and scaling == 16.0 / 4  # demo.yml: rank 4, alpha 16
+        assert b.abs().max() > 0  # trained away from peft's zero init
+    coefficients = json.loads((out / "lorahub_coefficients.json").read_text())
+    assert sorted(coefficients) == list(TAGS) and all(math.isfinite(c) for c in coefficients.values())
+
+
+def test_gated_checkpoints_hold_the_right_experts(run):
+    """stage2/sage and mole gate both experts (a, b in order); without_<tag> keeps only the other one."""
+    out, _, _ = run
+    experts = {t: lora_factors(load_expert(str(out / "stage1" / t / "expert")))["blocks.0.attn.qkv"] for t in TAGS}
+    kept = {"sage": TAGS, "mole": TAGS, "without_a": ("b",), "without_b": ("a",)}
+    for folder, tags in kept.items():
+        state = load_checkpoint_file(str(out / "stage2" / folder / "model_final.pth"))["model"]
+        lora_a, lora_b = state["backbone.vit.blocks.0.attn.qkv.lora_A"], state["backbone.vit.blocks.0.attn.qkv.lora_B"]
+        assert lora_a.shape[0] == len(tags), folder
+        for k, tag in enumerate(tags):
+            assert torch.equal(lora_a[k], experts[tag][0]) and torch.equal(lora_b[k], experts[tag][1]), folder
+        assert "backbone.vit.blocks.0.attn.qkv.gate.weight" in state
+
+
+def test_pseudo_labels_reported_enough_clusters(run):
+    """Every pseudo-labelled stage logged a clustering of the 64 target images with >= P clusters."""
+    out, _, _ = run
+    for stage in [s for s in STAGE_ROWS if not s.startswith("stage0")]:
+        log = (out / stage / "log.txt").read_text()
+        table = re.findall(r"^\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|", log, re.M)
+        assert table, f"{stage}: no pseudo-label table in log.txt"
+        for epoch, images, clusters, outliers in table:
+            assert int(images) == 64 and int(clusters) >= IMS_PER_BATCH // NUM_INSTANCE, (stage, table)
+            assert int(outliers) < 64
+
+
+def test_rerun_trains_and_evaluates_nothing(run, monkeypatch):
+    out, first, run_once = run
+    before = stage_files(out)
+    spy = Spy(monkeypatch)
+    assert run_once() == first
+    assert spy.built == [] and spy.trained == [] and spy.evaluated == 0
+    assert stage_files(out) == before
+    assert json.loads((out / "results.json").read_text()) == first
+
+
+def test_rerun_redoes_only_what_was_deleted(run, monkeypatch):
+    """MoLE lost its done.json (its final checkpoint is there: evaluated again, not retrained), without_b lost its
+    folder (retrained), TIES lost its row (re-measured); nothing else is touched."""
+    out, first, run_once = run
+    (out / "stage2" / "mole" / DONE_FILE).unlink()
+    shutil.rmtree(out / "stage2" / "without_b")
+    results = json.loads((out / "results.json").read_text())
+    for row in ("MoLE", "SAGE w/o SynthReIDB", "TIES"):
+        del results[row]
+    (out / "results.json").write_text(json.dumps(results))
+    before = {k: v for k, v in stage_files(out).items() if not k.startswith("stage2/mole/")}
+
+    spy = Spy(monkeypatch)
+    rows = run_once()
+    assert spy.built == [str(out / "stage2" / "mole"), str(out / "stage2" / "without_b")]
+    assert spy.trained == [str(out / "stage2" / "without_b")]
+    assert spy.evaluated == 3  # TIES, the MoLE checkpoint, the retrained without_b
+    assert list(rows) == list(ROWS)
+    for name in ROWS:
+        if name != "SAGE w/o SynthReIDB":
+            assert rows[name] == first[name], name  # same models, same scores
+    assert all(math.isfinite(rows["SAGE w/o SynthReIDB"][m]) for m in METRICS)
+    for stage in ("stage2/mole", "stage2/without_b"):
+        assert json.loads((out / stage / DONE_FILE).read_text())["metrics"] == \
+            {m: rows[STAGE_ROWS[stage]][m] for m in METRICS}
+    after = stage_files(out)
+    assert {k: after[k] for k in before} == before  # every other stage file untouched
+    assert json.loads((out / "results.json").read_text()) == rows
