@@ -70,8 +70,19 @@ def load_model_state(path: str) -> Dict[str, torch.Tensor]:
     return load_checkpoint_file(path)["model"]
 
 
+def _check_shapes(model: nn.Module, state: Dict[str, torch.Tensor], what: str) -> None:
+    """Raise, naming ``what`` (a file), when a tensor of ``state`` has another shape than the model's."""
+    own = model.state_dict()
+    bad = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
+           if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        raise ValueError(f"{what} does not fit the model built from the config (another width/size?): "
+                         f"{bad[:3]} ({len(bad)} tensors)")
+
+
 def _load_without_classifier(model: nn.Module, state: Dict[str, torch.Tensor], what: str) -> None:
     state = {k: v for k, v in state.items() if k != CLASSIFIER_KEY}
+    _check_shapes(model, state, what)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != CLASSIFIER_KEY]
     if missing or unexpected:
@@ -121,6 +132,16 @@ def _load_neck(directory: str) -> Dict[str, torch.Tensor] | None:
     return load_file(path) if os.path.isfile(path) else None
 
 
+def _set_neck(model: nn.Module, neck: Dict[str, torch.Tensor], what: str) -> None:
+    """Load a neck (head state without the classifier) strictly; ``what`` names its source in errors."""
+    _check_shapes(model.heads, neck, what)
+    missing, unexpected = model.heads.load_state_dict(neck, strict=False)
+    missing = [k for k in missing if "heads." + k != CLASSIFIER_KEY]
+    if missing or unexpected:
+        raise KeyError(f"{what} does not fit the model's head: missing {missing[:3]}, unexpected "
+                       f"{list(unexpected)[:3]}")
+
+
 def load_expert_model(cfg, source_weights: str, expert_dir: str) -> nn.Module:
     """A single expert for evaluation / analysis: source model + the saved adapter + its neck; all frozen."""
     model = build_model(cfg)
@@ -128,7 +149,7 @@ def load_expert_model(cfg, source_weights: str, expert_dir: str) -> nn.Module:
     load_expert_into(vit_of(model), expert_dir)
     neck = _load_neck(expert_dir)
     if neck is not None:
-        model.heads.load_state_dict(neck, strict=False)
+        _set_neck(model, neck, os.path.join(expert_dir, NECK_FILE))
     for p in model.parameters():
         p.requires_grad_(False)
     return model
@@ -143,12 +164,19 @@ def build_merged_base(cfg, source_weights: Sequence[str], expert_dirs: Sequence[
         raise ValueError(f"need one source checkpoint per expert, got {len(source_weights)} checkpoints and "
                          f"{len(expert_dirs)} expert folders")
     model = build_model(cfg)
-    states = [{k: v for k, v in load_model_state(p).items() if k != CLASSIFIER_KEY} for p in source_weights]
+    states = []
+    for path in source_weights:
+        state = {k: v for k, v in load_model_state(path).items() if k != CLASSIFIER_KEY}
+        _check_shapes(model, state, f"source checkpoint {path!r}")  # name the file before averaging
+        states.append(state)
     _load_without_classifier(model, mean_state_dict(states), "the mean of the source checkpoints")
     experts = [load_expert(d) for d in expert_dirs]
     necks = [_load_neck(d) for d in expert_dirs]
+    for d, n in zip(expert_dirs, necks):
+        if n is not None:
+            _check_shapes(model.heads, n, os.path.join(d, NECK_FILE))
     if all(n is not None for n in necks):
-        model.heads.load_state_dict(mean_state_dict(necks), strict=False)
+        _set_neck(model, mean_state_dict(necks), "the mean of the expert necks")
     else:
         logger.info("some expert folders have no %s: the merged model keeps the sources' mean BNNeck", NECK_FILE)
     biases = [trained_biases(e) for e in experts]

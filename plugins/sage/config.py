@@ -61,6 +61,12 @@ def add_sage_config(cfg):
     # Leave-one-source-out rows: SAGE with K-1 experts, one row per left-out source (K extra gate trainings).
     cfg.SAGE.LEAVE_ONE_OUT = False
 
+    # After the results table: gate weights per expert and module, their correlation, and expert-vs-merged CKA of
+    # the SAGE model over the target query set (tables + heatmaps in OUTPUT_DIR/analysis; tools/analyze_sage.py).
+    cfg.SAGE.ANALYZE = True
+    # Query images the analysis uses (0: all).
+    cfg.SAGE.ANALYSIS_MAX_IMAGES = 0
+
     cfg.SAGE.MERGE = CN()
     # lambda of Task Arithmetic / TIES / DARE / KnOTS / TSV-M (merged delta = lambda * combined deltas).
     cfg.SAGE.MERGE.SCALE = 1.0

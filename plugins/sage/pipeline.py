@@ -6,7 +6,7 @@
       stage0/blend/           the "Blend" baseline: one model on the pooled sources (SAGE.BLEND)
       stage1/<source>/expert/ one LoRA expert per source, trained on the unlabelled target (peft layout + neck)
       stage2/sage/            gate training (one epoch); stage2/mole/ the MoLE baseline; stage2/without_<source>/
-      analysis/               gate weights / correlation / CKA tables and heatmaps of the SAGE model
+      analysis/               gate weights / correlation / CKA tables and heatmaps of the SAGE model (SAGE.ANALYZE)
       results.json|md|csv     every row on the target test set: mAP, R-1, R-5, R-10
 
 Resuming: a stage folder holding ``done.json`` is complete and skipped; a stage interrupted mid-way resumes from
@@ -142,7 +142,10 @@ class SAGEPipeline:
                 keep = [i for i in range(len(self.tags)) if i != k]
                 self.gate_stage(f"SAGE w/o {self.sources[k]}", f"without_{tag}", s.GATE.KIND,
                                 [sources[i] for i in keep], [experts[i] for i in keep], group="leave-one-out")
-        return self.report()
+        report = self.report()
+        if s.ANALYZE and s.GATE.KIND == "sage":
+            self.analyze()
+        return report
 
     # --- stages ----------------------------------------------------------------------------------------------
 
@@ -320,6 +323,20 @@ class SAGEPipeline:
             with open(os.path.join(self.root, "lorahub_coefficients.json"), "w") as f:
                 json.dump(dict(zip(self.tags, coefficients)), f, indent=2)
         return model
+
+    def analyze(self) -> None:
+        """The paper's analyses of the SAGE model (rank 0; plugins.sage.analysis_io)."""
+        out = os.path.join(self.root, "analysis")
+        if comm.is_main_process():
+            if os.path.isfile(os.path.join(out, "summary.md")):
+                logger.info(f"analysis: complete in {out}, skipped")
+            else:
+                from .analysis_io import analyze_pipeline_run
+
+                analyze_pipeline_run(self.cfg, output_dir=out, gate="sage",
+                                     max_images=int(self.cfg.SAGE.ANALYSIS_MAX_IMAGES))
+                logger.info(f"analysis tables and heatmaps written to {out}")
+        comm.synchronize()
 
     def report(self) -> Dict[str, Dict]:
         title = f"SAGE-reID: {' + '.join(self.sources)} -> {self.target}"
