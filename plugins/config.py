@@ -9,6 +9,9 @@ def add_plugins_config(cfg):
     cfg.PLUGINS = CN()
     # Name of the trainer class in plugins.registry.TRAINER_REGISTRY that tools/train_net.py runs.
     cfg.PLUGINS.TRAINER = "DefaultTrainer"
+    # Seed of every RNG (python, numpy, torch; + the process rank) set by tools/train_net.py; < 0 keeps
+    # fast-reid's behaviour (a fresh random seed per run).
+    cfg.PLUGINS.SEED = -1
     cfg.PLUGINS.PSEUDO_LABEL = CN()  # clustering pseudo-labels (plugins.engine.PseudoLabelTrainer)
     # k of the k-reciprocal sets of the Jaccard distance.
     cfg.PLUGINS.PSEUDO_LABEL.K1 = 30

@@ -12,7 +12,9 @@ import plugins  # applies the host-compatibility layer and registers every share
 import plugins.sage  # registers the SAGE-reID trainers
 from fastreid.config import get_cfg
 from fastreid.engine import default_argument_parser, default_setup, launch
+from fastreid.utils import comm
 from fastreid.utils.checkpoint import Checkpointer
+from fastreid.utils.env import seed_all_rng
 from plugins.compat.config_fixes import adjust_config_for_host
 from plugins.config import add_plugins_config
 from plugins.registry import TRAINER_REGISTRY
@@ -34,7 +36,9 @@ def setup(args):
     cfg.merge_from_list(args.opts)
     adjust_config_for_host(cfg)
     cfg.freeze()
-    default_setup(cfg, args)
+    default_setup(cfg, args)  # seeds every RNG at random
+    if cfg.PLUGINS.SEED >= 0:
+        seed_all_rng(cfg.PLUGINS.SEED + comm.get_rank())
     return cfg
 
 

@@ -78,6 +78,9 @@ def add_sage_config(cfg):
     cfg.SAGE.MERGE.KNOTS_COMBINATION = "ties"
     # Seed of DARE's masks.
     cfg.SAGE.MERGE.SEED = 0
+    # Re-estimate the BNNeck statistics of every training-free merge (static merges, LoRAHub) on the unlabelled
+    # target images, as gate training does for SAGE / MoLE (plugins/sage/bn_recalibration.py).
+    cfg.SAGE.MERGE.RECALIBRATE_BN = True
 
     cfg.SAGE.LORAHUB = CN()
     # Optimiser of the K layer-shared coefficients: "cma" (gradient-free, as the paper) or "gradient" (Adam).

@@ -10,7 +10,7 @@ the objective's optimum by construction; recomputed ones score how compact and s
 from __future__ import annotations
 
 import logging
-from typing import List, Sequence
+from typing import Callable, List, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from ..tuners.expert_bank import lora_factors
 from ..tuners.lorahub import attach_lorahub, fit_lorahub_cma, fit_lorahub_gradient, fold_lorahub
 from .builders import build_merged_base, vit_of
 
-__all__ = ["target_pool", "objective_indices", "fit_lorahub_model"]
+__all__ = ["target_pool", "objective_indices", "centroid_objective", "fit_lorahub_model"]
 
 logger = logging.getLogger("fastreid." + __name__)
 
@@ -55,6 +55,25 @@ def objective_indices(labels: np.ndarray, num_images: int, seed: int = 0) -> np.
     return np.asarray(order[:num_images], np.int64)
 
 
+def centroid_objective(model: nn.Module, batch: dict, targets: torch.Tensor, temperature: float
+                       ) -> Callable[[], torch.Tensor]:
+    """``loss_fn()`` of the fit: cross-entropy of each feature of ``batch`` (M images) against the L2-normalised
+    mean features of the M images' pseudo-identities ``targets`` (M,) in 0..C-1, cosine logits / temperature.
+
+    fast-reid's ``preprocess_image`` normalises ``batch["images"]`` in place, so every call gets a fresh copy
+    (otherwise the second evaluation would see images normalised twice).
+    """
+    images = batch["images"]
+    onehot = F.one_hot(targets).float()  # (M, C) membership in the batch's pseudo-identities
+
+    def loss_fn() -> torch.Tensor:
+        f = F.normalize(model({**batch, "images": images.clone()}).float(), dim=1)  # (M, D)
+        centroids = F.normalize(onehot.T.to(f) @ f, dim=1)                           # (C, D)
+        return F.cross_entropy(f @ centroids.T / temperature, targets.to(f.device))
+
+    return loss_fn
+
+
 def fit_lorahub_model(cfg, source_weights: Sequence[str], expert_dirs: Sequence[str], *, root: str
                       ) -> tuple[nn.Module, List[float]]:
     """Build the merged base, attach LoRAHub, fit the coefficients on target pseudo-labels, fold them into the
@@ -78,14 +97,7 @@ def fit_lorahub_model(cfg, source_weights: Sequence[str], expert_dirs: Sequence[
                            relabel=False)
         batch = fast_batch_collator([data[i] for i in range(len(data))])
         _, targets = np.unique(clusters.labels[idx], return_inverse=True)
-        targets = torch.as_tensor(targets)
-        onehot = F.one_hot(targets).float()  # (M, C) membership in the batch's pseudo-identities
-        temperature = float(hub.TEMPERATURE)
-
-        def loss_fn() -> torch.Tensor:
-            f = F.normalize(model(batch).float(), dim=1)                  # (M, D)
-            centroids = F.normalize(onehot.T.to(f) @ f, dim=1)             # (C, D) current cluster means
-            return F.cross_entropy(f @ centroids.T / temperature, targets.to(f.device))
+        loss_fn = centroid_objective(model, batch, torch.as_tensor(targets), float(hub.TEMPERATURE))
 
         logger.info(f"LoRAHub: {clusters.num_clusters} pseudo-identities, objective on {len(idx)} images, "
                     f"{hub.OPTIMIZER} with budget {hub.BUDGET}")

@@ -31,7 +31,8 @@ from safetensors.torch import save_file
 from ..registry import TRAINER_REGISTRY
 from .builders import MERGE_ROWS, build_gated_model, build_static_merge_model, load_source_weights, vit_of
 from .config import BASELINES
-from .lorahub_fit import fit_lorahub_model
+from .bn_recalibration import recalibrate_batchnorm
+from .lorahub_fit import fit_lorahub_model, target_pool
 from .results import ResultsTable, metrics_of
 from .trainers import EXPERT_SUBDIR, SAGEExpertTrainer, SAGEGateTrainer
 
@@ -131,9 +132,11 @@ class SAGEPipeline:
         for row in MERGE_ROWS:
             if row in s.BASELINES:
                 self.eval_row(ROW_NAMES[row], "static merge",
-                              lambda row=row: build_static_merge_model(self.eval_cfg(), sources, experts, row))
+                              lambda row=row: build_static_merge_model(self.eval_cfg(), sources, experts, row),
+                              recalibrate=bool(s.MERGE.RECALIBRATE_BN))
         if "lorahub" in s.BASELINES:
-            self.eval_row("LoRAHub", "learned merge", lambda: self._lorahub(sources, experts))
+            self.eval_row("LoRAHub", "learned merge", lambda: self._lorahub(sources, experts),
+                          recalibrate=bool(s.MERGE.RECALIBRATE_BN))
         if "mole" in s.BASELINES:
             self.gate_stage("MoLE", "mole", "mole", sources, experts)
         self.gate_stage("SAGE" if s.GATE.KIND == "sage" else "MoLE", s.GATE.KIND, s.GATE.KIND, sources, experts)
@@ -294,14 +297,18 @@ class SAGEPipeline:
         self.order.append(row)
         self.results.add(row, group, metrics, save=comm.is_main_process())
 
-    def eval_row(self, row: str, group: str, build: Callable[[], torch.nn.Module]) -> None:
-        """Evaluate the model ``build()`` returns on the target, unless ``row`` is already in results.json."""
+    def eval_row(self, row: str, group: str, build: Callable[[], torch.nn.Module], *,
+                 recalibrate: bool = False) -> None:
+        """Evaluate the model ``build()`` returns on the target, unless ``row`` is already in results.json.
+        ``recalibrate``: first re-estimate its BatchNorm statistics on the target images (bn_recalibration.py)."""
         if row in self.results:
             logger.info(f"{row}: already measured, skipped")
             self.order.append(row)
             return
         logger.info(f"{row}: building and evaluating")
         model = build()
+        if recalibrate:
+            recalibrate_batchnorm(self.eval_cfg(), model, target_pool(self.cfg, self.data_root))
         model.eval()
         device = torch.device(self.cfg.MODEL.DEVICE)
         results = DefaultTrainer.test(self.eval_cfg(), model.to(device))

@@ -186,6 +186,10 @@ def test_folder_layout(run):
         assert b.abs().max() > 0  # trained away from peft's zero init
     coefficients = json.loads((out / "lorahub_coefficients.json").read_text())
     assert sorted(coefficients) == list(TAGS) and all(math.isfinite(c) for c in coefficients.values())
+    # SAGE.ANALYZE (default on): the analyses of the SAGE model follow the results table
+    for name in ("summary.md", "gate_mean.csv", "gate_correlation.csv", "cka.csv"):
+        assert (out / "analysis" / name).is_file(), name
+    assert sorted(p.suffix for p in (out / "analysis").glob("*.png"))[:1] == [".png"]
 
 
 def test_gated_checkpoints_hold_the_right_experts(run):
