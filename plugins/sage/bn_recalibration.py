@@ -8,9 +8,12 @@ no labels) compares the merges on equal terms. ``SAGE.MERGE.RECALIBRATE_BN`` tur
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import random
 from typing import List, Tuple
 
+import numpy as np
 import torch
 from fastreid.data.build import fast_batch_collator
 from fastreid.data.common import CommDataset
@@ -29,13 +32,57 @@ def _batchnorms(model: nn.Module) -> List[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """Seed python, numpy and torch (CPU) inside the block; restore their previous states afterwards."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def _accumulate(cfg, model: nn.Module, norms, items, *, epochs: int, batch_size: int) -> None:
+    """Reset ``norms`` and average their batch statistics over ``epochs`` passes of ``items`` in train mode."""
+    size = batch_size or int(cfg.SOLVER.IMS_PER_BATCH)
+    data = CommDataset([(p, 0, c) for p, c in items], build_transforms(cfg, is_train=True), relabel=True)
+    loader = DataLoader(data, batch_size=size, shuffle=True, drop_last=len(data) > size,
+                        num_workers=int(cfg.DATALOADER.NUM_WORKERS), collate_fn=fast_batch_collator)
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch counts equally
+    model.train()
+    uses_camids = getattr(model.backbone, "uses_camids", False)
+    try:
+        for _ in range(epochs):
+            for batch in tqdm(loader, desc="BN re-estimation", leave=False):
+                images = model.preprocess_image(batch)
+                if uses_camids:
+                    feats = model.backbone(images, camids=batch["camids"].to(images.device))
+                else:
+                    feats = model.backbone(images)
+                model.heads(feats)  # the BNNeck sees the features in train mode: its statistics update
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.eval()
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(cfg, model: nn.Module, items: List[Tuple[str, object]], *, epochs: int = 1,
-                          batch_size: int = 0) -> int:
+                          batch_size: int = 0, seed: int = 0) -> int:
     """Reset every BatchNorm's running statistics and re-estimate them as the plain average over ``epochs``
     passes of the target images ``items`` ((img_path, camid) pairs) with the training transforms (the
     statistics a train-mode epoch would see). Other parameters are untouched; the model is left in eval mode.
-    Under torch.distributed rank 0 computes them and every rank receives rank 0's values.
+    Batch order and augmentations are drawn from ``seed`` (the global RNG states are restored afterwards), so
+    re-measuring a merge gives the same statistics. Under torch.distributed rank 0 computes them and every rank
+    receives rank 0's values.
 
     Returns:
         The number of BatchNorm layers re-estimated (0: nothing to do).
@@ -44,29 +91,8 @@ def recalibrate_batchnorm(cfg, model: nn.Module, items: List[Tuple[str, object]]
     if not norms:
         return 0
     if comm.is_main_process():
-        data = CommDataset([(p, 0, c) for p, c in items], build_transforms(cfg, is_train=True), relabel=True)
-        loader = DataLoader(data, batch_size=batch_size or int(cfg.SOLVER.IMS_PER_BATCH), shuffle=True,
-                            drop_last=len(data) > (batch_size or int(cfg.SOLVER.IMS_PER_BATCH)),
-                            num_workers=int(cfg.DATALOADER.NUM_WORKERS), collate_fn=fast_batch_collator)
-        momenta = [m.momentum for m in norms]
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative moving average: every batch counts equally
-        model.train()
-        uses_camids = getattr(model.backbone, "uses_camids", False)
-        try:
-            for _ in range(epochs):
-                for batch in tqdm(loader, desc="BN re-estimation", leave=False):
-                    images = model.preprocess_image(batch)
-                    if uses_camids:
-                        feats = model.backbone(images, camids=batch["camids"].to(images.device))
-                    else:
-                        feats = model.backbone(images)
-                    model.heads(feats)  # the BNNeck sees the features in train mode: statistics update
-        finally:
-            for m, momentum in zip(norms, momenta):
-                m.momentum = momentum
-            model.eval()
+        with _seeded(seed):
+            _accumulate(cfg, model, norms, items, epochs=epochs, batch_size=batch_size)
     if comm.get_world_size() > 1:
         stats = [(m.running_mean.cpu(), m.running_var.cpu(), m.num_batches_tracked.cpu()) for m in norms] \
             if comm.is_main_process() else None

@@ -60,3 +60,28 @@ def test_statistics_are_the_target_feature_moments(tmp_path):
 def test_model_without_batchnorm_is_left_alone():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2))
     assert recalibrate_batchnorm(None, model, []) == 0
+
+
+def test_seeded_and_leaves_global_rng_alone(tmp_path):
+    """With random augmentations on, two re-estimations give the same statistics; the caller's RNG stream is
+    unchanged by them."""
+    rng = np.random.default_rng(1)
+    items = []
+    for i in range(8):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (64, 32, 3), dtype=np.uint8)).save(path)
+        items.append((str(path), "cam0"))
+    cfg = tiny_cfg()
+    cfg.merge_from_list(["INPUT.FLIP.ENABLED", True, "INPUT.REA.ENABLED", True])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    bn = model.heads.bottleneck[0]
+    torch.manual_seed(123)
+    recalibrate_batchnorm(cfg, model, items, batch_size=4)
+    after_first = torch.rand(1)
+    first = bn.running_mean.clone()
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    assert torch.equal(after_first, expected_next)  # the global torch stream was restored
+    recalibrate_batchnorm(cfg, model, items, batch_size=4)
+    assert torch.equal(bn.running_mean, first)
