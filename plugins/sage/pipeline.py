@@ -29,7 +29,7 @@ from fastreid.utils import comm
 from safetensors.torch import save_file
 
 from ..registry import TRAINER_REGISTRY
-from .builders import MERGE_ROWS, build_gated_model, build_static_merge_model, load_source_weights, vit_of
+from .builders import MERGE_ROWS, build_static_merge_model, load_source_weights, vit_of
 from .config import BASELINES
 from .bn_recalibration import recalibrate_batchnorm
 from .lorahub_fit import fit_lorahub_model, target_pool
@@ -108,9 +108,12 @@ class SAGEPipeline:
 
     @classmethod
     def build_model(cls, cfg):
-        """``--eval-only``: the stage-2 model from ``SAGE.SOURCE_WEIGHTS`` / ``SAGE.EXPERT_DIRS`` (load
-        ``stage2/sage/model_final.pth`` over it with ``MODEL.WEIGHTS``)."""
-        return build_gated_model(cfg, list(cfg.SAGE.SOURCE_WEIGHTS), list(cfg.SAGE.EXPERT_DIRS))
+        """``--eval-only``: this run's trained stage-2 model (gate ``SAGE.GATE.KIND``): sources and experts from
+        ``OUTPUT_DIR`` (or ``SAGE.SOURCE_WEIGHTS`` / ``SAGE.EXPERT_DIRS``), gates and neck from
+        ``stage2/<gate>/model_final.pth``. A ``MODEL.WEIGHTS`` file is then loaded over it by train_net."""
+        from .analysis_io import analysis_cfg, load_stage2_model, pipeline_paths
+
+        return load_stage2_model(analysis_cfg(cfg), pipeline_paths(cfg, gate=cfg.SAGE.GATE.KIND))
 
     @classmethod
     def test(cls, cfg, model):

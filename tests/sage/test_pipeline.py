@@ -256,3 +256,14 @@ def test_rerun_redoes_only_what_was_deleted(run, monkeypatch):
     after = stage_files(out)
     assert {k: after[k] for k in before} == before  # every other stage file untouched
     assert json.loads((out / "results.json").read_text()) == rows
+
+
+def test_eval_only_reproduces_the_sage_row(run, monkeypatch):
+    """``train_net.py --eval-only`` with the run's config rebuilds the trained stage-2 model from OUTPUT_DIR."""
+    out, first, _ = run
+    train_net = load_train_net()
+    monkeypatch.setattr(train_net, "default_setup", lambda cfg, args: None)
+    args = default_argument_parser().parse_args(
+        ["--config-file", str(REPO / "configs" / "sage" / "demo.yml"), "--eval-only", *opts(out)])
+    results = train_net.main(args)
+    assert {m: results[m] for m in METRICS} == pytest.approx({m: first["SAGE"][m] for m in METRICS}, abs=1e-6)
