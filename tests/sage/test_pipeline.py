@@ -267,3 +267,25 @@ def test_eval_only_reproduces_the_sage_row(run, monkeypatch):
         ["--config-file", str(REPO / "configs" / "sage" / "demo.yml"), "--eval-only", *opts(out)])
     results = train_net.main(args)
     assert {m: results[m] for m in METRICS} == pytest.approx({m: first["SAGE"][m] for m in METRICS}, abs=1e-6)
+
+
+def test_given_sources_and_experts_skip_stages_0_and_1(run, monkeypatch, tmp_path):
+    """SAGE.SOURCE_WEIGHTS / SAGE.EXPERT_DIRS from another run: nothing is trained before stage 2, and the source,
+    expert and LoRA-Avg rows re-measured from the files equal the first run's (experts are portable)."""
+    out, first, _ = run
+    train_net = load_train_net()
+    monkeypatch.setattr(train_net, "default_setup", lambda cfg, args: None)
+    sources = tuple(str(out / "stage0" / t / "model_final.pth") for t in TAGS)
+    experts = tuple(str(out / "stage1" / t / "expert") for t in TAGS)
+    given = tmp_path / "given"
+    args = default_argument_parser().parse_args(
+        ["--config-file", str(REPO / "configs" / "sage" / "demo.yml"), *opts(given),
+         "SAGE.SOURCE_WEIGHTS", str(sources), "SAGE.EXPERT_DIRS", str(experts), "SAGE.BASELINES", '("lora_avg",)',
+         "SAGE.BLEND", "False", "SAGE.LEAVE_ONE_OUT", "False", "SAGE.ANALYZE", "False"])
+    spy = Spy(monkeypatch)
+    rows = train_net.main(args)
+    assert spy.built == [str(given / "stage2" / "sage")]  # only the gate training builds a trainer
+    assert not (given / "stage0").exists() and not (given / "stage1").exists()
+    for name in [f"source-only: {s}" for s in SOURCES] + [f"expert: {s}" for s in SOURCES] + ["LoRA-Avg"]:
+        assert {m: rows[name][m] for m in METRICS} == pytest.approx(
+            {m: first[name][m] for m in METRICS}, abs=1e-6), name
