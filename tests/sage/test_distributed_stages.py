@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import random
 from pathlib import Path
 
@@ -124,10 +123,8 @@ def _worker(tmp: str):
     import plugins.sage.trainers as trainers  # also registers the SAGE trainers
 
     torch.set_num_threads(1)  # 2 processes on 2 cores: more threads only contend
-    # This process was spawned and pytest's __main__ is not re-imported by spawn, so spawned DataLoader workers
-    # (fast-reid's test loader always has 4) would unpickle fast-reid objects before `import plugins` patched
-    # fast-reid's imports. Fork them, as torchrun-started processes on Linux do.
-    multiprocessing.set_start_method("fork", force=True)
+    # DataLoader workers (fast-reid's test loader always has 4) are forked by the CPU launch patch, so they inherit
+    # the host patches although pytest's __main__ does not import plugins: this test exercises that patch.
     tmp = Path(tmp)
     rank = comm.get_rank()
     _seed(rank)  # different on purpose: DDP must make the ranks agree anyway
