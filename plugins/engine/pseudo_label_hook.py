@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from ..clustering import compute_jaccard_distance, dbscan_labels, rho_eps
 
-__all__ = ["ClusterResult", "PseudoLabelHook", "cluster_features", "extract_features", "replace_classifier"]
+__all__ = ["ClusterResult", "PseudoLabelHook", "cluster_features", "extract_features", "index_cameras",
+           "replace_classifier"]
 
 logger = logging.getLogger("fastreid." + __name__)
 
@@ -63,6 +64,19 @@ def cluster_features(features: np.ndarray, *, k1: int, k2: int, eps: float | Non
     centroids /= np.bincount(labels[keep], minlength=num)[:, None]
     centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
     return ClusterResult(labels.astype(np.int64), centroids.astype(np.float32), float(eps))
+
+
+def index_cameras(items: list[tuple[str, object]]) -> list[tuple[str, int]]:
+    """(img_path, camid) pairs with every camid replaced by its index among the sorted distinct camids of
+    ``items``. fast-reid prefixes train camids with the dataset name (strings); a camera-aware backbone (SIE) needs
+    integers, and they must not change when clustering drops every image of some camera as an outlier."""
+    distinct = {c for _, c in items}
+    try:
+        ordered = sorted(distinct)  # numbers numerically, strings alphabetically
+    except TypeError:  # mixed types
+        ordered = sorted(distinct, key=str)
+    cams = {c: i for i, c in enumerate(ordered)}
+    return [(p, cams[c]) for p, c in items]
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -218,7 +232,9 @@ class PseudoLabelHook(HookBase):
                 raise RuntimeError(f"{num} pseudo-identities < {p} identities per batch that {sampler} needs "
                                    f"(SOLVER.IMS_PER_BATCH / world size / DATALOADER.NUM_INSTANCE): lower the batch "
                                    f"size, raise NUM_INSTANCE or change PLUGINS.PSEUDO_LABEL.EPS / EPS_MODE")
-        train_set = CommDataset(self.pseudo_items, build_transforms(self.cfg, is_train=True), relabel=True)
+        # relabel=False: cluster labels are already 0..C-1 (DBSCAN keeps no empty cluster) and camids are the
+        # pool-wide indices; relabelling would renumber the cameras whenever one of them is all outliers.
+        train_set = CommDataset(self.pseudo_items, build_transforms(self.cfg, is_train=True), relabel=False)
         loader = build_reid_train_loader(self.cfg, train_set=train_set)
         old_iter, old_loader = inner._data_loader_iter, inner.data_loader
         inner.data_loader = loader

@@ -13,7 +13,7 @@ from fastreid.solver import build_optimizer
 from fastreid.utils import comm
 
 from ..registry import TRAINER_REGISTRY
-from .pseudo_label_hook import PseudoLabelHook
+from .pseudo_label_hook import PseudoLabelHook, index_cameras
 
 __all__ = ["PseudoLabelTrainer"]
 
@@ -38,9 +38,10 @@ class PseudoLabelTrainer(DefaultTrainer):
             data = DATASET_REGISTRY.get(name)(root=root)
             if comm.is_main_process():
                 data.show_train()
-            items.extend((it[0], UNLABELLED, it[2]) for it in data.train)
+            items.extend((it[0], it[2]) for it in data.train)
         if not items:
             raise ValueError(f"DATASETS.NAMES {tuple(cfg.DATASETS.NAMES)} has no training images to pseudo-label")
+        items = [(path, UNLABELLED, cam) for path, cam in index_cameras(items)]  # integer camids, fixed for the run
         train_set = CommDataset(items, build_transforms(cfg, is_train=True), relabel=True)
         logging.getLogger(__name__).info(f"Unlabelled target pool: {len(items)} images")
         return build_reid_train_loader(cfg, train_set=train_set, sampler=samplers.TrainingSampler(len(items)))

@@ -22,7 +22,7 @@ from fastreid.data.transforms import build_transforms
 from fastreid.utils import comm
 from torch import nn
 
-from ..engine.pseudo_label_hook import cluster_features, extract_features
+from ..engine.pseudo_label_hook import cluster_features, extract_features, index_cameras
 from ..tuners.expert_bank import lora_factors
 from ..tuners.lorahub import attach_lorahub, fit_lorahub_cma, fit_lorahub_gradient, fold_lorahub
 from .builders import build_merged_base, vit_of
@@ -33,13 +33,14 @@ logger = logging.getLogger("fastreid." + __name__)
 
 
 def target_pool(cfg, root: str) -> List[tuple]:
-    """(img_path, camid) of the train images of ``DATASETS.NAMES`` (their identity labels are not read)."""
+    """(img_path, camid index) of the train images of ``DATASETS.NAMES`` (identity labels are not read), camids
+    numbered as ``PseudoLabelTrainer`` numbers them."""
     items = []
     for name in cfg.DATASETS.NAMES:
         items.extend((it[0], it[2]) for it in DATASET_REGISTRY.get(name)(root=root).train)
     if not items:
         raise ValueError(f"DATASETS.NAMES {tuple(cfg.DATASETS.NAMES)} has no training images")
-    return items
+    return index_cameras(items)
 
 
 def objective_indices(labels: np.ndarray, num_images: int, seed: int = 0) -> np.ndarray:
