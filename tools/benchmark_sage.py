@@ -12,7 +12,6 @@ Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the weight me
 Models above ``--max-timed-params`` parameters are not timed (MoLE at K=10 holds 1.07 G gate parameters).
 """
 import argparse
-import copy
 import time
 
 import torch

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ..clustering import compute_jaccard_distance, dbscan_labels, rho_eps
 
 __all__ = ["ClusterResult", "PseudoLabelHook", "cluster_features", "extract_features", "index_cameras",
-           "replace_classifier"]
+           "replace_classifier", "unwrap_model"]
 
 logger = logging.getLogger("fastreid." + __name__)
 
@@ -79,7 +79,8 @@ def index_cameras(items: list[tuple[str, object]]) -> list[tuple[str, int]]:
     return [(p, cams[c]) for p, c in items]
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DistributedDataParallel wrapper (the model itself otherwise)."""
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
@@ -94,7 +95,7 @@ def extract_features(cfg, model: torch.nn.Module, items: list[tuple[str, object]
     test_set = CommDataset([(p, 0, c) for p, c in items], build_transforms(cfg, is_train=False), relabel=False)
     loader, _ = build_reid_test_loader(test_set=test_set, test_batch_size=batch_size, num_query=0,
                                        num_workers=cfg.DATALOADER.NUM_WORKERS)
-    net = _unwrap(model)
+    net = unwrap_model(model)
     was_training = net.training
     net.eval()
     feats = []
@@ -117,7 +118,7 @@ def replace_classifier(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     The new parameter takes the old one's place in its optimizer param group (same lr / weight decay) and the
     old one's optimizer state (momentum, Adam moments) is dropped: its shape no longer matches.
     """
-    head = _unwrap(model).heads
+    head = unwrap_model(model).heads
     old = head.weight
     if not isinstance(old, torch.nn.Parameter) or old.dim() != 2:
         raise TypeError(f"{type(head).__name__}.weight must be a (num_classes, dim) Parameter to be replaced")

@@ -15,10 +15,27 @@ from fastreid.utils import comm
 from ..registry import TRAINER_REGISTRY
 from .pseudo_label_hook import PseudoLabelHook, index_cameras
 
-__all__ = ["PseudoLabelTrainer"]
+__all__ = ["PseudoLabelTrainer", "unlabelled_pool"]
 
 # Placeholder identity of every target image until the first clustering (the real labels are never read).
 UNLABELLED = "unlabelled"
+
+
+def unlabelled_pool(cfg, *, show: bool = False) -> list[tuple[str, int]]:
+    """(img_path, camid index) of every train image of ``DATASETS.NAMES`` under ``$FASTREID_DATASETS`` (default
+    ``datasets``); identity labels are not read. Camids are numbered once over the pool (``index_cameras``), so
+    every consumer of the pool (trainer, hook, evaluation-only merges) agrees on them. ``show``: print fast-reid's
+    train-set summary."""
+    root = os.getenv("FASTREID_DATASETS", "datasets")
+    items = []
+    for name in cfg.DATASETS.NAMES:
+        data = DATASET_REGISTRY.get(name)(root=root)
+        if show:
+            data.show_train()
+        items.extend((it[0], it[2]) for it in data.train)
+    if not items:
+        raise ValueError(f"DATASETS.NAMES {tuple(cfg.DATASETS.NAMES)} has no training images to pseudo-label")
+    return index_cameras(items)
 
 
 @TRAINER_REGISTRY.register()
@@ -32,16 +49,7 @@ class PseudoLabelTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        root = os.getenv("FASTREID_DATASETS", "datasets")
-        items = []
-        for name in cfg.DATASETS.NAMES:
-            data = DATASET_REGISTRY.get(name)(root=root)
-            if comm.is_main_process():
-                data.show_train()
-            items.extend((it[0], it[2]) for it in data.train)
-        if not items:
-            raise ValueError(f"DATASETS.NAMES {tuple(cfg.DATASETS.NAMES)} has no training images to pseudo-label")
-        items = [(path, UNLABELLED, cam) for path, cam in index_cameras(items)]  # integer camids, fixed for the run
+        items = [(path, UNLABELLED, cam) for path, cam in unlabelled_pool(cfg, show=comm.is_main_process())]
         train_set = CommDataset(items, build_transforms(cfg, is_train=True), relabel=True)
         logging.getLogger(__name__).info(f"Unlabelled target pool: {len(items)} images")
         return build_reid_train_loader(cfg, train_set=train_set, sampler=samplers.TrainingSampler(len(items)))

@@ -24,10 +24,11 @@ from torch import nn
 from ..tuners.expert_bank import CONFIG_NAME, WEIGHTS_NAME
 from .analysis import run_analysis
 from .builders import CLASSIFIER_KEY, build_gated_model, load_expert_model, load_model_state
+from .config import eval_model_cfg, source_tags
 from .pipeline import FINAL_CHECKPOINT
 from .trainers import EXPERT_SUBDIR
 
-__all__ = ["PipelinePaths", "pipeline_paths", "analysis_cfg", "load_stage2_model", "query_loader",
+__all__ = ["PipelinePaths", "pipeline_paths", "load_stage2_model", "query_loader",
            "analyze_pipeline_run", "GATE_FOLDERS"]
 
 logger = logging.getLogger("fastreid." + __name__)
@@ -58,17 +59,8 @@ def pipeline_paths(cfg, *, gate: str = "sage") -> PipelinePaths:
     else the pipeline's own stage folders. Raises FileNotFoundError naming every missing file and its stage."""
     _check_gate(gate)
     s, root = cfg.SAGE, cfg.OUTPUT_DIR
-    sources = list(s.SOURCES)
-    if len(sources) < 2:
-        raise ValueError(f"SAGE.SOURCES needs at least 2 source datasets, got {sources}")
-    names = list(s.SOURCE_TAGS) or [n.lower() for n in sources]
-    if len(names) != len(sources) or len(set(names)) != len(names):
-        raise ValueError(f"SAGE.SOURCE_TAGS {names} must give one distinct name per source {sources}")
-    given = {}
-    for key in ("SOURCE_WEIGHTS", "EXPERT_DIRS"):
-        given[key] = list(s.get(key))
-        if given[key] and len(given[key]) != len(sources):
-            raise ValueError(f"SAGE.{key} has {len(given[key])} entries for {len(sources)} SAGE.SOURCES")
+    sources, names = source_tags(cfg)
+    given = {key: list(s.get(key)) for key in ("SOURCE_WEIGHTS", "EXPERT_DIRS")}
 
     missing: List[str] = []  # "<path> (<who makes it>)"
     weights, experts = [], []
@@ -100,19 +92,6 @@ def pipeline_paths(cfg, *, gate: str = "sage") -> PipelinePaths:
                                 "config) to produce them, or point SAGE.SOURCE_WEIGHTS / SAGE.EXPERT_DIRS at them")
     return PipelinePaths(source_weights=tuple(weights), expert_dirs=tuple(experts), expert_names=tuple(names),
                          stage2_checkpoint=stage2, gate=gate)
-
-
-def analysis_cfg(cfg):
-    """The config the models are rebuilt with, as the pipeline's evaluation rows: the run's config +
-    ``SAGE.STAGE2_OPTS``, one placeholder class (no classifier is used), nothing loaded from elsewhere."""
-    c = cfg.clone()
-    c.defrost()
-    c.merge_from_list(list(cfg.SAGE.STAGE2_OPTS))
-    c.MODEL.HEADS.NUM_CLASSES = 1
-    c.MODEL.BACKBONE.PRETRAIN = False  # every weight comes from the run's checkpoints
-    c.MODEL.WEIGHTS = ""
-    c.freeze()
-    return c
 
 
 def load_stage2_model(cfg, paths: PipelinePaths) -> nn.Module:
@@ -177,7 +156,7 @@ def analyze_pipeline_run(cfg, *, output_dir: Optional[str] = None, gate: str = "
         raise ValueError(f"DATASETS.TESTS must name exactly one target test set, got {tuple(cfg.DATASETS.TESTS)}")
     paths = pipeline_paths(cfg, gate=gate)
     out = output_dir or os.path.join(cfg.OUTPUT_DIR, "analysis")
-    mcfg = analysis_cfg(cfg)
+    mcfg = eval_model_cfg(cfg)
     device = torch.device(mcfg.MODEL.DEVICE)
     merged = load_stage2_model(mcfg, paths).to(device)
     experts = [load_expert_model(mcfg, w, d).to(device) for w, d in zip(paths.source_weights, paths.expert_dirs)]

@@ -24,7 +24,7 @@ from ..tuners.inject import inject_lora
 from ..tuners.merge import merge_state_dicts
 from ..tuners.merge_backbones import mean_state_dict
 from ..tuners.merge_svd import LowRankDelta
-from .convert import build_gated_vit
+from .convert import build_gated_vit, load_mean_biases
 
 __all__ = ["CLASSIFIER_KEY", "NECK_FILE", "vit_of", "num_tokens_of", "load_model_state", "load_source_weights",
            "build_expert_model", "save_expert_with_neck", "load_expert_model", "build_merged_base",
@@ -35,15 +35,9 @@ logger = logging.getLogger("fastreid." + __name__)
 CLASSIFIER_KEY = "heads.weight"  # fast-reid EmbeddingHead's classifier: source / pseudo-label classes differ
 NECK_FILE = "neck.safetensors"
 
-# results row -> (plugins.tuners.merge method, which SAGE.MERGE keys it takes)
-MERGE_ROWS = {
-    "lora_avg": ("lora_average", ()),
-    "task_arithmetic": ("task_arithmetic", ("scale",)),
-    "ties": ("ties", ("scale", "density")),
-    "dare": ("dare", ("scale", "drop_rate", "seed")),
-    "knots": ("knots", ("knots",)),
-    "tsv_merge": ("tsv_merge", ("scale",)),
-}
+# results row -> plugins.tuners.merge method
+MERGE_ROWS = {"lora_avg": "lora_average", "task_arithmetic": "task_arithmetic", "ties": "ties", "dare": "dare",
+              "knots": "knots", "tsv_merge": "tsv_merge"}
 
 
 def vit_of(model: nn.Module) -> nn.Module:
@@ -181,14 +175,7 @@ def build_merged_base(cfg, source_weights: Sequence[str], expert_dirs: Sequence[
         logger.info("some expert folders have no %s: the merged model keeps the sources' mean BNNeck", NECK_FILE)
     biases = [trained_biases(e) for e in experts]
     if any(biases):
-        if not all(biases):
-            raise ValueError("only some experts carry trained biases; cannot average them")
-        params = dict(vit_of(model).named_parameters())
-        with torch.no_grad():
-            for k, v in mean_state_dict(biases).items():
-                if k not in params:
-                    raise KeyError(f"expert bias {k!r} is not a ViT parameter")
-                params[k].copy_(v)
+        load_mean_biases(vit_of(model), biases)
     for p in model.parameters():
         p.requires_grad_(False)
     return model, experts
@@ -215,25 +202,11 @@ def expert_deltas(experts: Sequence[LoRAExpert]) -> List[Dict[str, LowRankDelta]
 def merge_kwargs(cfg, row: str) -> dict:
     """Arguments of the merge function behind results row ``row`` (a key of ``MERGE_ROWS``), from SAGE.MERGE."""
     m = cfg.SAGE.MERGE
-    keys = MERGE_ROWS[row][1]
-    out = {}
-    if "scale" in keys:
-        out["scale"] = float(m.SCALE)
-    if "density" in keys:
-        out["density"] = float(m.DENSITY)
-    if "drop_rate" in keys:
-        out["drop_rate"] = float(m.DROP_RATE)
-    if "seed" in keys:
-        out["seed"] = int(m.SEED)
-    if "knots" in keys:
-        combination = str(m.KNOTS_COMBINATION)
-        out["combination"] = combination
-        out["scale"] = float(m.SCALE)
-        if combination == "ties":
-            out["density"] = float(m.DENSITY)
-        elif combination == "dare":
-            out["drop_rate"], out["seed"] = float(m.DROP_RATE), int(m.SEED)
-    return out
+    scale, density = {"scale": float(m.SCALE)}, {"density": float(m.DENSITY)}
+    dare = {"drop_rate": float(m.DROP_RATE), "seed": int(m.SEED)}
+    knots = {"ties": density, "dare": dare}.get(str(m.KNOTS_COMBINATION), {})
+    return {"lora_avg": {}, "task_arithmetic": scale, "ties": {**scale, **density}, "dare": {**scale, **dare},
+            "knots": {"combination": str(m.KNOTS_COMBINATION), **scale, **knots}, "tsv_merge": scale}[row]
 
 
 def build_static_merge_model(cfg, source_weights: Sequence[str], expert_dirs: Sequence[str], row: str
@@ -243,7 +216,7 @@ def build_static_merge_model(cfg, source_weights: Sequence[str], expert_dirs: Se
     if row not in MERGE_ROWS:
         raise ValueError(f"unknown static merge {row!r}; expected one of {sorted(MERGE_ROWS)}")
     model, experts = build_merged_base(cfg, source_weights, expert_dirs)
-    method = MERGE_ROWS[row][0]
+    method = MERGE_ROWS[row]
     merged = merge_state_dicts(expert_deltas(experts), method, progress=True, **merge_kwargs(cfg, row))
     modules = dict(vit_of(model).named_modules())
     with torch.no_grad():

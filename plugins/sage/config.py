@@ -94,3 +94,35 @@ def add_sage_config(cfg):
     # L1 penalty weight on mean |c| (paper: 0.05).
     cfg.SAGE.LORAHUB.L1 = 0.05
     return cfg
+
+
+def source_tags(cfg) -> tuple[list, list]:
+    """(``SAGE.SOURCES``, their tags) after checking the per-source keys: at least 2 sources, one distinct tag per
+    source (``SAGE.SOURCE_TAGS`` or the lower-cased names), and ``SAGE.SOURCE_WEIGHTS`` / ``SAGE.EXPERT_DIRS``
+    empty or one entry per source."""
+    s = cfg.SAGE
+    sources = list(s.SOURCES)
+    if len(sources) < 2:
+        raise ValueError(f"SAGE.SOURCES needs at least 2 source datasets, got {sources}")
+    tags = list(s.SOURCE_TAGS) or [n.lower() for n in sources]
+    if len(tags) != len(sources) or len(set(tags)) != len(tags):
+        raise ValueError(f"SAGE.SOURCE_TAGS {tags} must give one distinct name per source {sources}")
+    for key in ("SOURCE_WEIGHTS", "EXPERT_DIRS"):
+        given = list(s.get(key))
+        if given and len(given) != len(sources):
+            raise ValueError(f"SAGE.{key} has {len(given)} entries for {len(sources)} SAGE.SOURCES")
+    return sources, tags
+
+
+def eval_model_cfg(cfg):
+    """The config that evaluation-only models (merges, given sources/experts, a trained stage-2 checkpoint) are
+    rebuilt with: the run's config + ``SAGE.STAGE2_OPTS``, one placeholder class (no classifier is used), every
+    weight from the run's files (no ImageNet weights, no ``MODEL.WEIGHTS``)."""
+    c = cfg.clone()
+    c.defrost()
+    c.merge_from_list(list(cfg.SAGE.STAGE2_OPTS))
+    c.MODEL.HEADS.NUM_CLASSES = 1
+    c.MODEL.BACKBONE.PRETRAIN = False
+    c.MODEL.WEIGHTS = ""
+    c.freeze()
+    return c

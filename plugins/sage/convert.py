@@ -28,6 +28,21 @@ def gate_factory(kind: str, *, num_experts: int, num_tokens: int, eps: float = 1
     raise ValueError(f"unknown gate kind {kind!r}; expected one of {GATE_KINDS}")
 
 
+def load_mean_biases(vit: nn.Module, expert_biases: Sequence[Mapping[str, torch.Tensor]]) -> None:
+    """Overwrite the ViT's biases with the mean of the biases the K experts trained in stage 1 (as the authors'
+    code does when biases train). Raises when only some experts carry biases or a name is not a ViT parameter."""
+    if not all(expert_biases):
+        raise ValueError("only some experts carry trained biases; cannot average them")
+    biases = mean_state_dict(expert_biases)
+    params = dict(vit.named_parameters())
+    unknown = [k for k in biases if k not in params]
+    if unknown:
+        raise KeyError(f"expert biases not in the ViT: {unknown[:3]}")
+    with torch.no_grad():
+        for k, v in biases.items():
+            params[k].copy_(v)
+
+
 def build_gated_vit(vit: nn.Module, *, experts: Sequence[Mapping[str, LoRAFactors]], gate: str, num_tokens: int,
                     source_state_dicts: Sequence[Mapping[str, torch.Tensor]] = (),
                     expert_biases: Sequence[Mapping[str, torch.Tensor]] = (),
@@ -61,14 +76,7 @@ def build_gated_vit(vit: nn.Module, *, experts: Sequence[Mapping[str, LoRAFactor
     if expert_biases:
         if len(expert_biases) != len(experts):
             raise ValueError(f"got biases for {len(expert_biases)} experts, but {len(experts)} experts")
-        biases = mean_state_dict(expert_biases)
-        params = dict(vit.named_parameters())
-        unknown = [k for k in biases if k not in params]
-        if unknown:
-            raise KeyError(f"expert biases not in the ViT: {unknown[:3]}")
-        with torch.no_grad():
-            for k, v in biases.items():
-                params[k].copy_(v)
+        load_mean_biases(vit, expert_biases)
     make_gate = gate_factory(gate, num_experts=len(experts), num_tokens=num_tokens, eps=gate_eps,
                              tau_init=tau_init)
     return inject_gated_lora(vit, experts, make_gate=make_gate)

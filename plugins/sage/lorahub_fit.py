@@ -17,30 +17,18 @@ import torch
 import torch.nn.functional as F
 from fastreid.data.build import fast_batch_collator
 from fastreid.data.common import CommDataset
-from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.transforms import build_transforms
 from fastreid.utils import comm
 from torch import nn
 
-from ..engine.pseudo_label_hook import cluster_features, extract_features, index_cameras
+from ..engine.pseudo_label_hook import cluster_features, extract_features
 from ..tuners.expert_bank import lora_factors
 from ..tuners.lorahub import attach_lorahub, fit_lorahub_cma, fit_lorahub_gradient, fold_lorahub
 from .builders import build_merged_base, vit_of
 
-__all__ = ["target_pool", "objective_indices", "centroid_objective", "fit_lorahub_model"]
+__all__ = ["objective_indices", "centroid_objective", "fit_lorahub_model"]
 
 logger = logging.getLogger("fastreid." + __name__)
-
-
-def target_pool(cfg, root: str) -> List[tuple]:
-    """(img_path, camid index) of the train images of ``DATASETS.NAMES`` (identity labels are not read), camids
-    numbered as ``PseudoLabelTrainer`` numbers them."""
-    items = []
-    for name in cfg.DATASETS.NAMES:
-        items.extend((it[0], it[2]) for it in DATASET_REGISTRY.get(name)(root=root).train)
-    if not items:
-        raise ValueError(f"DATASETS.NAMES {tuple(cfg.DATASETS.NAMES)} has no training images")
-    return index_cameras(items)
 
 
 def objective_indices(labels: np.ndarray, num_images: int, seed: int = 0) -> np.ndarray:
@@ -75,17 +63,17 @@ def centroid_objective(model: nn.Module, batch: dict, targets: torch.Tensor, tem
     return loss_fn
 
 
-def fit_lorahub_model(cfg, source_weights: Sequence[str], expert_dirs: Sequence[str], *, root: str
-                      ) -> tuple[nn.Module, List[float]]:
+def fit_lorahub_model(cfg, source_weights: Sequence[str], expert_dirs: Sequence[str], *,
+                      items: List[tuple]) -> tuple[nn.Module, List[float]]:
     """Build the merged base, attach LoRAHub, fit the coefficients on target pseudo-labels, fold them into the
-    weights. Returns (model with plain linears, the K coefficients). Under torch.distributed, features are
+    weights; ``items`` is the target pool (``plugins.engine.pseudo_label_trainer.unlabelled_pool``).
+    Returns (model with plain linears, the K coefficients). Under torch.distributed, features are
     extracted by all ranks, rank 0 clusters and fits, and every rank receives its coefficients."""
     model, experts = build_merged_base(cfg, source_weights, expert_dirs)
     vit = vit_of(model)
     factors = [lora_factors(e) for e in experts]
     coefficients = attach_lorahub(vit, {name: [f[name] for f in factors] for name in factors[0]})
     model.eval()
-    items = target_pool(cfg, root)
     p, hub = cfg.PLUGINS.PSEUDO_LABEL, cfg.SAGE.LORAHUB
     feats = extract_features(cfg, model, items, batch_size=int(p.FEATURE_BATCH) or int(cfg.TEST.IMS_PER_BATCH),
                              desc="LoRAHub pseudo-label features")

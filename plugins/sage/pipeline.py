@@ -25,14 +25,17 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 from fastreid.engine import DefaultTrainer
+from fastreid.modeling import build_model
 from fastreid.utils import comm
 from safetensors.torch import save_file
 
+from ..engine.pseudo_label_trainer import unlabelled_pool
 from ..registry import TRAINER_REGISTRY
-from .builders import MERGE_ROWS, build_static_merge_model, load_source_weights, vit_of
-from .config import BASELINES
 from .bn_recalibration import recalibrate_batchnorm
-from .lorahub_fit import fit_lorahub_model, target_pool
+from .builders import (MERGE_ROWS, build_static_merge_model, load_expert_model, load_model_state,
+                       load_source_weights)
+from .config import BASELINES, eval_model_cfg, source_tags
+from .lorahub_fit import fit_lorahub_model
 from .results import ResultsTable, metrics_of
 from .trainers import EXPERT_SUBDIR, SAGEExpertTrainer, SAGEGateTrainer
 
@@ -75,17 +78,9 @@ class SAGEPipeline:
 
     def __init__(self, cfg):
         s = cfg.SAGE
-        self.sources = list(s.SOURCES)
-        if len(self.sources) < 2:
-            raise ValueError(f"SAGE.SOURCES needs at least 2 source datasets, got {self.sources}")
-        self.tags = list(s.SOURCE_TAGS) or [n.lower() for n in self.sources]
-        if len(self.tags) != len(self.sources) or len(set(self.tags)) != len(self.tags):
-            raise ValueError(f"SAGE.SOURCE_TAGS {self.tags} must give one distinct name per source {self.sources}")
+        self.sources, self.tags = source_tags(cfg)
         for key in ("SOURCE_WEIGHTS", "EXPERT_DIRS"):
-            given = list(s.get(key))
-            if given and len(given) != len(self.sources):
-                raise ValueError(f"SAGE.{key} has {len(given)} entries for {len(self.sources)} SAGE.SOURCES")
-            missing = [p for p in given if not os.path.exists(p)]
+            missing = [p for p in s.get(key) if not os.path.exists(p)]
             if missing:
                 raise FileNotFoundError(f"SAGE.{key}: {missing} do not exist")
         unknown = [b for b in s.BASELINES if b not in BASELINES]
@@ -99,10 +94,11 @@ class SAGEPipeline:
         self.cfg = cfg
         self.root = cfg.OUTPUT_DIR
         self.target = cfg.DATASETS.TESTS[0]
-        self.data_root = os.getenv("FASTREID_DATASETS", "datasets")
         self.results = ResultsTable(self.root)
         self.order: List[str] = []
         self.pretrained = ""  # ViT weights of the shared pre-training, when SAGE.PRETRAIN_DATASETS is set
+        self.eval_cfg = eval_model_cfg(cfg)  # evaluation-only models (merges, given sources / experts)
+        self._target_items: Optional[list] = None
 
     # --- fast-reid entry-point interface (tools/train_net.py) ---------------------------------------------------
 
@@ -111,9 +107,9 @@ class SAGEPipeline:
         """``--eval-only``: this run's trained stage-2 model (gate ``SAGE.GATE.KIND``): sources and experts from
         ``OUTPUT_DIR`` (or ``SAGE.SOURCE_WEIGHTS`` / ``SAGE.EXPERT_DIRS``), gates and neck from
         ``stage2/<gate>/model_final.pth``. A ``MODEL.WEIGHTS`` file is then loaded over it by train_net."""
-        from .analysis_io import analysis_cfg, load_stage2_model, pipeline_paths
+        from .analysis_io import load_stage2_model, pipeline_paths
 
-        return load_stage2_model(analysis_cfg(cfg), pipeline_paths(cfg, gate=cfg.SAGE.GATE.KIND))
+        return load_stage2_model(eval_model_cfg(cfg), pipeline_paths(cfg, gate=cfg.SAGE.GATE.KIND))
 
     @classmethod
     def test(cls, cfg, model):
@@ -135,7 +131,7 @@ class SAGEPipeline:
         for row in MERGE_ROWS:
             if row in s.BASELINES:
                 self.eval_row(ROW_NAMES[row], "static merge",
-                              lambda row=row: build_static_merge_model(self.eval_cfg(), sources, experts, row),
+                              lambda row=row: build_static_merge_model(self.eval_cfg, sources, experts, row),
                               recalibrate=bool(s.MERGE.RECALIBRATE_BN))
         if "lorahub" in s.BASELINES:
             self.eval_row("LoRAHub", "learned merge", lambda: self._lorahub(sources, experts),
@@ -156,32 +152,21 @@ class SAGEPipeline:
     # --- stages ----------------------------------------------------------------------------------------------
 
     def pretrain(self) -> str:
-        """Shared pre-training on ``SAGE.PRETRAIN_DATASETS``; returns the exported ViT weights (safetensors)."""
+        """Shared pre-training on ``SAGE.PRETRAIN_DATASETS``; returns its ViT weights exported as safetensors."""
         out = os.path.join(self.root, "pretrain")
-        path = os.path.join(out, PRETRAINED_VIT)
         cfg = self.stage_cfg("PRETRAIN", out, trainer="DefaultTrainer", names=tuple(self.cfg.SAGE.PRETRAIN_DATASETS))
         cfg.defrost()
         # fast-reid's checkpointer hook needs a test set: the first pre-training dataset (in-domain sanity check)
         cfg.DATASETS.TESTS = tuple(self.cfg.SAGE.PRETRAIN_DATASETS)[:1]
         cfg.freeze()
-        done = os.path.join(out, DONE_FILE)
-        if os.path.isfile(done) and os.path.isfile(path):
-            logger.info(f"pre-training: complete in {out}, skipped")
-            return path
-        with _stage_log(out):
-            trainer = DefaultTrainer(cfg)
-            trainer.resume_or_load(resume=True)
-            if trainer.start_epoch < trainer.max_epoch:
-                trainer.train()
-            if comm.is_main_process():
-                vit = vit_of(trainer.model.module if hasattr(trainer.model, "module") else trainer.model)
-                save_file({k: v.detach().cpu().contiguous() for k, v in vit.state_dict().items()}, path,
-                          metadata={"format": "pt"})
-                with open(done, "w") as f:
-                    json.dump({"stage": "pre-training", "weights": path}, f, indent=2)
-            comm.synchronize()
-        del trainer
-        gc.collect()
+        self.run_stage("pre-training", cfg, DefaultTrainer)
+        path = os.path.join(out, PRETRAINED_VIT)
+        if comm.is_main_process() and not os.path.isfile(path):
+            prefix = "backbone.vit."
+            state = load_model_state(os.path.join(out, FINAL_CHECKPOINT))
+            save_file({k[len(prefix):]: v.contiguous() for k, v in state.items() if k.startswith(prefix)}, path,
+                      metadata={"format": "pt"})
+        comm.synchronize()
         return path
 
     def source_models(self) -> List[str]:
@@ -212,11 +197,9 @@ class SAGEPipeline:
         for k, (name, tag) in enumerate(zip(self.sources, self.tags)):
             row = f"expert: {name}"
             if given:
-                from .builders import load_expert_model
-
                 dirs.append(given[k])
                 self.eval_row(row, "single expert",
-                              lambda k=k: load_expert_model(self.eval_cfg(), sources[k], given[k]))
+                              lambda k=k: load_expert_model(self.eval_cfg, sources[k], given[k]))
                 continue
             out = os.path.join(self.root, "stage1", tag)
             cfg = self.stage_cfg(1, out, trainer="SAGEExpertTrainer", weights=sources[k])
@@ -260,13 +243,12 @@ class SAGEPipeline:
         c.freeze()
         return c
 
-    def eval_cfg(self):
-        """The config evaluation-only models are built with (one placeholder class: no classifier is used)."""
-        c = self.stage_cfg(2, self.root, trainer="DefaultTrainer")
-        c.defrost()
-        c.MODEL.HEADS.NUM_CLASSES = 1
-        c.freeze()
-        return c
+    @property
+    def target_items(self) -> list:
+        """(img_path, camid index) of the unlabelled target pool, read once."""
+        if self._target_items is None:
+            self._target_items = unlabelled_pool(self.cfg)
+        return self._target_items
 
     def run_stage(self, title: str, cfg, trainer_cls) -> Dict[str, float]:
         """Train one stage in ``cfg.OUTPUT_DIR`` unless its ``done.json`` exists; returns its target metrics."""
@@ -311,23 +293,21 @@ class SAGEPipeline:
         logger.info(f"{row}: building and evaluating")
         model = build()
         if recalibrate:
-            recalibrate_batchnorm(self.eval_cfg(), model, target_pool(self.cfg, self.data_root))
+            recalibrate_batchnorm(self.eval_cfg, model, self.target_items)
         model.eval()
         device = torch.device(self.cfg.MODEL.DEVICE)
-        results = DefaultTrainer.test(self.eval_cfg(), model.to(device))
+        results = DefaultTrainer.test(self.eval_cfg, model.to(device))
         self.record(row, group, _from_main(metrics_of(results, row) if comm.is_main_process() else None))
         del model
         gc.collect()
 
     def _load_source(self, path: str) -> torch.nn.Module:
-        from fastreid.modeling import build_model
-
-        model = build_model(self.eval_cfg())
+        model = build_model(self.eval_cfg)
         load_source_weights(model, path)
         return model
 
     def _lorahub(self, sources: List[str], experts: List[str]) -> torch.nn.Module:
-        model, coefficients = fit_lorahub_model(self.eval_cfg(), sources, experts, root=self.data_root)
+        model, coefficients = fit_lorahub_model(self.eval_cfg, sources, experts, items=self.target_items)
         if comm.is_main_process():
             os.makedirs(self.root, exist_ok=True)
             with open(os.path.join(self.root, "lorahub_coefficients.json"), "w") as f:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 
 from fastreid.utils import comm
-from torch.nn.parallel import DistributedDataParallel
 
+from ..engine.pseudo_label_hook import unwrap_model
 from ..engine.pseudo_label_trainer import PseudoLabelTrainer
 from ..registry import TRAINER_REGISTRY
 from .builders import build_expert_model, build_gated_model, save_expert_with_neck
@@ -21,10 +21,6 @@ from .builders import build_expert_model, build_gated_model, save_expert_with_ne
 __all__ = ["SAGEExpertTrainer", "SAGEGateTrainer", "EXPERT_SUBDIR"]
 
 EXPERT_SUBDIR = "expert"
-
-
-def _unwrap(model):
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 class _NoWeightsReload:
@@ -56,7 +52,7 @@ class SAGEExpertTrainer(_NoWeightsReload, PseudoLabelTrainer):
         """Write the trained adapter + neck to ``OUTPUT_DIR/expert`` (rank 0); returns the folder."""
         directory = os.path.join(self.cfg.OUTPUT_DIR, EXPERT_SUBDIR)
         if comm.is_main_process():
-            save_expert_with_neck(_unwrap(self.model), directory)
+            save_expert_with_neck(unwrap_model(self.model), directory)
         comm.synchronize()
         return directory
 

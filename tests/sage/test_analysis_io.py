@@ -13,10 +13,10 @@ from fastreid.modeling import build_model
 
 from plugins.config import add_plugins_config
 from plugins.sage.analysis import collect_gate_weights, gated_layers, mean_gate_table
-from plugins.sage.analysis_io import (analysis_cfg, analyze_pipeline_run, load_stage2_model, pipeline_paths,
+from plugins.sage.analysis_io import (analyze_pipeline_run, load_stage2_model, pipeline_paths,
                                       query_loader)
 from plugins.sage.builders import build_expert_model, build_gated_model, save_expert_with_neck
-from plugins.sage.config import add_sage_config
+from plugins.sage.config import add_sage_config, eval_model_cfg
 
 TAGS = ("a", "b")
 PSEUDO_CLASSES = 7  # rows of the stage-2 classifier after pseudo-labelling (the analysis builds 1)
@@ -60,7 +60,7 @@ def write_fake_run(cfg):
         os.makedirs(os.path.dirname(path))
         torch.save({"model": build_model(c).state_dict()}, path)
         sources.append(path)
-    acfg = analysis_cfg(cfg)
+    acfg = eval_model_cfg(cfg)
     experts = []
     for k, (tag, source) in enumerate(zip(TAGS, sources)):
         expert = build_expert_model(acfg, source)
@@ -94,7 +94,7 @@ def test_stage2_checkpoint_really_is_loaded(run):
     paths = pipeline_paths(cfg)
     assert paths.expert_names == TAGS and paths.gate == "sage"
     assert paths.stage2_checkpoint == os.path.join(cfg.OUTPUT_DIR, "stage2", "sage", "model_final.pth")
-    model = load_stage2_model(analysis_cfg(cfg), paths)
+    model = load_stage2_model(eval_model_cfg(cfg), paths)
     state = model.state_dict()
     gates = [k for k in saved if k.endswith("gate.weight")]
     assert len(gates) == 8  # 2 blocks x (qkv, proj, fc1, fc2)
@@ -119,8 +119,8 @@ def test_analyze_pipeline_run_writes_tables(run):
     np.testing.assert_allclose(means.sum(axis=1), 1.0, atol=1e-6)
     assert np.abs(means - 0.5).max() > 1e-3  # the trained (perturbed) gates, not the zero-initialised 1/K
     # the same numbers as the loaded model's gates over the same 20 query images
-    model = load_stage2_model(analysis_cfg(cfg), pipeline_paths(cfg))
-    weights = collect_gate_weights(model, query_loader(analysis_cfg(cfg), "SynthReIDC", max_images=20),
+    model = load_stage2_model(eval_model_cfg(cfg), pipeline_paths(cfg))
+    weights = collect_gate_weights(model, query_loader(eval_model_cfg(cfg), "SynthReIDC", max_images=20),
                                    progress=False)
     np.testing.assert_allclose(means, mean_gate_table(weights, TAGS).by_type.values, atol=1e-9)
     # "mean" reduction: every layer's CKA is defined, block 0's QKV included
@@ -179,7 +179,7 @@ def test_checkpoint_of_another_gate_kind_is_refused(run, tmp_path):
     shutil.copytree(cfg.OUTPUT_DIR, c.OUTPUT_DIR, ignore=shutil.ignore_patterns("analysis"))
     shutil.copytree(os.path.join(c.OUTPUT_DIR, "stage2", "sage"), os.path.join(c.OUTPUT_DIR, "stage2", "mole"))
     with pytest.raises(ValueError, match="gate 'mole'.*8 tensors differ in shape"):
-        load_stage2_model(analysis_cfg(c), pipeline_paths(c, gate="mole"))
+        load_stage2_model(eval_model_cfg(c), pipeline_paths(c, gate="mole"))
 
 
 @pytest.mark.slow  # a fresh interpreter imports torch + fastreid + timm: ~10-40 s on 2 busy cores
