@@ -11,7 +11,8 @@ apply_runtime_patches()
 # Registration is explicit: each import below registers the components of one package.
 from . import data  # noqa: E402,F401  (dataset readers -> DATASET_REGISTRY)
 from . import engine  # noqa: E402,F401  (trainers -> TRAINER_REGISTRY)
-from . import modeling  # noqa: E402,F401  (heads -> REID_HEADS_REGISTRY)
+from . import modeling  # noqa: E402,F401  (backbones, heads, meta-architectures, losses)
+from . import routers  # noqa: E402,F401  (ROUTER_REGISTRY)
 from .config import add_plugins_config  # noqa: E402
 
 __version__ = "0.1.0"

@@ -1,7 +1,38 @@
-"""``add_plugins_config(cfg)``: the plugin's shared config keys (method keys live in each method's config.py)."""
-from fastreid.config import CfgNode as CN
+"""Config translation shared by every tool: the plugin's shared keys (``add_plugins_config``), the one list of
+methods (``METHODS``), and the one config-setup function (``setup_cfg``) that train_net, the tools and the tests
+call. A method's own keys live in ``plugins/<method>/config.py`` as ``add_<method>_config(cfg)``.
+"""
+from __future__ import annotations
 
-from .modeling.config import add_vit_backbone_config
+import importlib
+import os
+from typing import Callable, Dict, Sequence
+
+from fastreid.config import CfgNode as CN
+from fastreid.config import get_cfg
+
+from .modeling.config import add_clip_backbone_config, add_vit_backbone_config
+
+__all__ = ["METHODS", "import_methods", "method_config_adders", "add_plugins_config", "setup_cfg"]
+
+# The methods, in one place: name -> package. Importing a package registers its components; its config.py holds
+# add_<name>_config. A new method is one line here plus its folder under plugins/ and configs/.
+METHODS: Dict[str, str] = {
+    "sage": "plugins.sage",
+    "clipreid": "plugins.clipreid",
+}
+
+
+def import_methods() -> None:
+    """Import every method package (registers their trainers, meta-architectures, ...)."""
+    for package in METHODS.values():
+        importlib.import_module(package)
+
+
+def method_config_adders() -> Dict[str, Callable]:
+    """name -> ``add_<name>_config`` of every method."""
+    return {name: getattr(importlib.import_module(f"{pkg}.config"), f"add_{name}_config")
+            for name, pkg in METHODS.items()}
 
 
 def add_plugins_config(cfg):
@@ -32,4 +63,24 @@ def add_plugins_config(cfg):
     # Images per feature-extraction batch (all ranks together); 0 uses TEST.IMS_PER_BATCH.
     cfg.PLUGINS.PSEUDO_LABEL.FEATURE_BATCH = 0
     add_vit_backbone_config(cfg)  # MODEL.BACKBONE.TIMM_VIT.*
+    add_clip_backbone_config(cfg)  # MODEL.BACKBONE.CLIP.*
+    return cfg
+
+
+def setup_cfg(config_file: str = "", opts: Sequence[str] = (), *, freeze: bool = True):
+    """fast-reid defaults + plugin keys + every method's keys + ``config_file`` + ``opts`` (KEY VALUE ...),
+    adjusted for the host; the config every tool and test builds."""
+    from .compat.config_fixes import adjust_config_for_host
+
+    if config_file and not os.path.isfile(config_file):
+        raise FileNotFoundError(f"--config-file '{config_file}' does not exist")
+    cfg = add_plugins_config(get_cfg())
+    for add in method_config_adders().values():
+        add(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    adjust_config_for_host(cfg)
+    if freeze:
+        cfg.freeze()
     return cfg

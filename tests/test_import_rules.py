@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from plugins.config import METHODS as METHOD_PACKAGES
+
 PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
-METHODS = ("sage", "moekd", "mosaic", "demo", "dmadapter")
+# every method package (plugins.config.METHODS), and the folders reserved for the methods still to come
+METHODS = tuple(dict.fromkeys((*METHOD_PACKAGES, "moekd", "mosaic", "demo", "dmadapter")))
 
 
 def _module_name(path: Path) -> str:

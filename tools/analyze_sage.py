@@ -8,15 +8,10 @@ Use the config (and overrides) the run was trained with: its OUTPUT_DIR holds th
 ``OUTPUT_DIR/analysis`` (or ``--output``) as CSV, markdown and heatmaps, and are printed.
 """
 import argparse
-import os
 
 import plugins  # applies the host-compatibility layer and registers every shared plugin component
-import plugins.sage  # noqa: F401  (registers the SAGE-reID components)
-from fastreid.config import get_cfg
-from plugins.compat.config_fixes import adjust_config_for_host
-from plugins.config import add_plugins_config
+from plugins.config import import_methods, setup_cfg
 from plugins.sage.analysis_io import GATE_FOLDERS, analyze_pipeline_run
-from plugins.sage.config import add_sage_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,17 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup(args):
-    """The config as tools/train_net.py builds it: fast-reid defaults + plugin and SAGE keys + file + overrides."""
-    if not os.path.isfile(args.config_file):
-        raise FileNotFoundError(f"--config-file '{args.config_file}' does not exist")
-    cfg = get_cfg()
-    add_plugins_config(cfg)
-    add_sage_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    adjust_config_for_host(cfg)
-    cfg.freeze()
-    return cfg
+    """The config as tools/train_net.py builds it (plugins.config.setup_cfg)."""
+    import_methods()
+    return setup_cfg(args.config_file, args.opts)
 
 
 def main(argv=None) -> str:

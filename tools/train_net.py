@@ -6,36 +6,20 @@
 
 Accepts fast-reid's usual flags. Without CUDA, ``--num-gpus N`` starts N CPU processes (gloo).
 """
-import os
-
 import plugins  # applies the host-compatibility layer and registers every shared plugin component
-import plugins.sage  # registers the SAGE-reID trainers
-from fastreid.config import get_cfg
 from fastreid.engine import default_argument_parser, default_setup, launch
 from fastreid.utils import comm
 from fastreid.utils.checkpoint import Checkpointer
 from fastreid.utils.env import seed_all_rng
-from plugins.compat.config_fixes import adjust_config_for_host
-from plugins.config import add_plugins_config
+from plugins.config import import_methods, setup_cfg
 from plugins.registry import TRAINER_REGISTRY
-from plugins.sage.config import add_sage_config
 
-# Each method's config keys, added before the YAML is read (a method's keys live in its own config.py).
-METHOD_CONFIGS = (add_sage_config,)
+import_methods()  # every method's trainers and models (plugins.config.METHODS)
 
 
 def setup(args):
-    """Build the config: fast-reid defaults + plugin keys + the YAML file + command-line overrides."""
-    if args.config_file and not os.path.isfile(args.config_file):
-        raise FileNotFoundError(f"--config-file '{args.config_file}' does not exist")
-    cfg = get_cfg()
-    add_plugins_config(cfg)
-    for add_method_config in METHOD_CONFIGS:
-        add_method_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    adjust_config_for_host(cfg)
-    cfg.freeze()
+    """Build the config: fast-reid defaults + plugin and method keys + the YAML file + command-line overrides."""
+    cfg = setup_cfg(args.config_file, args.opts)
     default_setup(cfg, args)  # seeds every RNG at random
     if cfg.PLUGINS.SEED >= 0:
         seed_all_rng(cfg.PLUGINS.SEED + comm.get_rank())

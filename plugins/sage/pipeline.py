@@ -16,7 +16,6 @@ Under torch.distributed every rank runs the same sequence; trainers use DDP, ran
 """
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import logging
@@ -30,46 +29,23 @@ from fastreid.utils import comm
 from safetensors.torch import save_file
 
 from ..engine.pseudo_label_trainer import unlabelled_pool
+from ..engine.results import ResultsTable, metrics_of
+from ..engine.stages import DONE_FILE, FINAL_CHECKPOINT, from_main, run_stage
 from ..registry import TRAINER_REGISTRY
 from .bn_recalibration import recalibrate_batchnorm
 from .builders import (MERGE_ROWS, build_static_merge_model, load_expert_model, load_model_state,
                        load_source_weights)
 from .config import BASELINES, eval_model_cfg, source_tags
 from .lorahub_fit import fit_lorahub_model
-from .results import ResultsTable, metrics_of
 from .trainers import EXPERT_SUBDIR, SAGEExpertTrainer, SAGEGateTrainer
 
 __all__ = ["SAGEPipeline", "ROW_NAMES", "DONE_FILE"]
 
 logger = logging.getLogger("fastreid." + __name__)
 
-DONE_FILE = "done.json"
 PRETRAINED_VIT = "vit.safetensors"
-FINAL_CHECKPOINT = "model_final.pth"
 ROW_NAMES = {"lora_avg": "LoRA-Avg", "task_arithmetic": "Task Arithmetic", "ties": "TIES", "dare": "DARE",
              "knots": "KnOTS", "tsv_merge": "TSV-M", "lorahub": "LoRAHub", "mole": "MoLE"}
-
-
-def _from_main(value):
-    """``value`` of rank 0 on every rank."""
-    return comm.all_gather(value)[0] if comm.get_world_size() > 1 else value
-
-
-@contextlib.contextmanager
-def _stage_log(directory: str):
-    """Also write the "fastreid" log to ``<directory>/log.txt`` while a stage runs."""
-    handler = None
-    if comm.is_main_process():
-        os.makedirs(directory, exist_ok=True)
-        handler = logging.FileHandler(os.path.join(directory, "log.txt"))
-        handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s"))
-        logging.getLogger("fastreid").addHandler(handler)
-    try:
-        yield
-    finally:
-        if handler is not None:
-            logging.getLogger("fastreid").removeHandler(handler)
-            handler.close()
 
 
 @TRAINER_REGISTRY.register()
@@ -251,32 +227,9 @@ class SAGEPipeline:
         return self._target_items
 
     def run_stage(self, title: str, cfg, trainer_cls) -> Dict[str, float]:
-        """Train one stage in ``cfg.OUTPUT_DIR`` unless its ``done.json`` exists; returns its target metrics."""
-        done = os.path.join(cfg.OUTPUT_DIR, DONE_FILE)
-        if os.path.isfile(done):
-            with open(done) as f:
-                metrics = json.load(f)["metrics"]
-            logger.info(f"{title}: complete in {cfg.OUTPUT_DIR}, skipped")
-            return metrics
-        resuming = os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
-        logger.info(f"{title}: {'resuming' if resuming else 'training'} in {cfg.OUTPUT_DIR}")
-        with _stage_log(cfg.OUTPUT_DIR):
-            trainer = trainer_cls(cfg)
-            trainer.resume_or_load(resume=True)
-            if trainer.start_epoch < trainer.max_epoch:
-                results = trainer.train()
-            else:  # killed after the last checkpoint but before done.json: evaluate the final model again
-                results = trainer.test(cfg, trainer.model)
-                if isinstance(trainer, SAGEExpertTrainer):
-                    trainer.export_expert()
-            metrics = _from_main(metrics_of(results, title) if comm.is_main_process() else None)
-        if comm.is_main_process():
-            with open(done, "w") as f:
-                json.dump({"stage": title, "metrics": metrics}, f, indent=2)
-        comm.synchronize()
-        del trainer
-        gc.collect()
-        return metrics
+        """Train one stage in ``cfg.OUTPUT_DIR`` unless it is complete (plugins.engine.stages)."""
+        export = (lambda trainer: trainer.export_expert()) if trainer_cls is SAGEExpertTrainer else None
+        return run_stage(title, cfg, trainer_cls, after_final_checkpoint=export)
 
     def record(self, row: str, group: str, metrics: Dict[str, float]) -> None:
         self.order.append(row)
@@ -297,7 +250,7 @@ class SAGEPipeline:
         model.eval()
         device = torch.device(self.cfg.MODEL.DEVICE)
         results = DefaultTrainer.test(self.eval_cfg, model.to(device))
-        self.record(row, group, _from_main(metrics_of(results, row) if comm.is_main_process() else None))
+        self.record(row, group, from_main(metrics_of(results, row) if comm.is_main_process() else None))
         del model
         gc.collect()
 

@@ -1,0 +1,95 @@
+"""Stage folders of multi-stage pipelines (SAGE-reID, CLIP-ReID): each stage trains in its own ``OUTPUT_DIR``;
+a folder holding ``done.json`` is complete and skipped; a stage interrupted mid-way resumes from its last
+checkpoint (fast-reid's ``last_checkpoint``). Under torch.distributed every rank runs the same stages; rank 0
+writes the files.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import os
+from typing import Callable, Dict, Optional
+
+from fastreid.utils import comm
+
+from .results import metrics_of
+
+__all__ = ["DONE_FILE", "FINAL_CHECKPOINT", "from_main", "stage_log", "read_done", "write_done", "run_stage"]
+
+logger = logging.getLogger("fastreid." + __name__)
+
+DONE_FILE = "done.json"
+FINAL_CHECKPOINT = "model_final.pth"
+
+
+def from_main(value):
+    """``value`` of rank 0 on every rank."""
+    return comm.all_gather(value)[0] if comm.get_world_size() > 1 else value
+
+
+@contextlib.contextmanager
+def stage_log(directory: str):
+    """Also write the "fastreid" log to ``<directory>/log.txt`` while a stage runs."""
+    handler = None
+    if comm.is_main_process():
+        os.makedirs(directory, exist_ok=True)
+        handler = logging.FileHandler(os.path.join(directory, "log.txt"))
+        handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s"))
+        logging.getLogger("fastreid").addHandler(handler)
+    try:
+        yield
+    finally:
+        if handler is not None:
+            logging.getLogger("fastreid").removeHandler(handler)
+            handler.close()
+
+
+def read_done(directory: str) -> Optional[Dict]:
+    """The record of a completed stage folder, or None when the stage is not complete."""
+    path = os.path.join(directory, DONE_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_done(directory: str, record: Dict) -> None:
+    """Mark ``directory`` complete (rank 0; written to a temp file then renamed, so a kill never leaves half)."""
+    if comm.is_main_process():
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, DONE_FILE + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(record, f, indent=2)
+        os.replace(tmp, os.path.join(directory, DONE_FILE))
+    comm.synchronize()
+
+
+def run_stage(title: str, cfg, trainer_cls, *,
+              after_final_checkpoint: Optional[Callable[[object], None]] = None) -> Dict[str, float]:
+    """Train one stage in ``cfg.OUTPUT_DIR`` unless its ``done.json`` exists; returns its test metrics.
+
+    ``after_final_checkpoint(trainer)`` runs when a stage was killed after its last checkpoint but before
+    ``done.json``: the final model is then evaluated again and the hook redoes what ``train()`` does after training
+    (e.g. exporting an adapter)."""
+    done = read_done(cfg.OUTPUT_DIR)
+    if done is not None:
+        logger.info(f"{title}: complete in {cfg.OUTPUT_DIR}, skipped")
+        return done["metrics"]
+    resuming = os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    logger.info(f"{title}: {'resuming' if resuming else 'training'} in {cfg.OUTPUT_DIR}")
+    with stage_log(cfg.OUTPUT_DIR):
+        trainer = trainer_cls(cfg)
+        trainer.resume_or_load(resume=True)
+        if trainer.start_epoch < trainer.max_epoch:
+            results = trainer.train()
+        else:  # killed after the last checkpoint but before done.json: evaluate the final model again
+            results = trainer.test(cfg, trainer.model)
+            if after_final_checkpoint is not None:
+                after_final_checkpoint(trainer)
+        metrics = from_main(metrics_of(results, title) if comm.is_main_process() else None)
+    write_done(cfg.OUTPUT_DIR, {"stage": title, "metrics": metrics})
+    del trainer
+    gc.collect()
+    return metrics
