@@ -1,0 +1,57 @@
+"""CLIP text tower (open_clip's ``CLIP`` text half) from token ids, or from token embeddings in which learned
+vectors are spliced into a template (prompt learning: CLIP-ReID's identity prompts, and later methods).
+
+Causal transformer over (token embeddings + positional embedding) -> ``ln_final`` -> the feature at the EOT
+position -> ``@ text_projection``. Parameters keep OpenAI's / open_clip's names (``token_embedding.weight``,
+``positional_embedding``, ``transformer.resblocks.N...``, ``ln_final``, ``text_projection``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["CLIPTextEncoder"]
+
+
+class CLIPTextEncoder(nn.Module):
+    """tokens (B, L) long -> text features (B, E), not normalised; or embeddings (B, L, d) + EOT index (B,)."""
+
+    def __init__(self, clip: nn.Module):
+        """
+        Args:
+            clip: an ``open_clip.model.CLIP`` whose text modules are taken over (shared, not copied).
+        """
+        super().__init__()
+        if getattr(clip, "text_pool_type", "argmax") != "argmax":
+            raise ValueError(f"CLIPTextEncoder reads the EOT (argmax) token; this model pools by "
+                             f"{clip.text_pool_type!r}")
+        self.token_embedding = clip.token_embedding
+        self.positional_embedding = clip.positional_embedding
+        self.transformer = clip.transformer
+        self.ln_final = clip.ln_final
+        self.text_projection = clip.text_projection
+        self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
+        self.context_length = int(self.positional_embedding.shape[0])
+        self.width = int(self.positional_embedding.shape[1])
+        proj = self.text_projection
+        self.embed_dim = int(proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1])
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, L) -> token embeddings (B, L, d) (no positional embedding)."""
+        return self.token_embedding(tokens)
+
+    def forward_embeddings(self, embeddings: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        """embeddings (B, L, d) (token embeddings, learned vectors spliced in), eot_index (B,) -> (B, E)."""
+        if embeddings.shape[1] != self.context_length:
+            raise ValueError(f"text embeddings have {embeddings.shape[1]} positions, the tower takes "
+                             f"{self.context_length}")
+        x = embeddings + self.positional_embedding.to(embeddings.dtype)
+        x = self.transformer(x, attn_mask=self.attn_mask)
+        x = self.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eot_index.to(x.device).long()]
+        proj = self.text_projection
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, L) long (EOT = the largest id of each row) -> (B, E)."""
+        return self.forward_embeddings(self.embed(tokens), tokens.argmax(dim=-1))
