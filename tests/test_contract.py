@@ -2,6 +2,8 @@
 
 Model components (backbones, heads, meta-architectures): built into a full model from a tiny config, one training
 step on a tiny batch: finite losses, every trainable parameter gets a finite gradient; eval returns (N, D).
+Routers, adapters and losses (plugins.registry): built from typed keywords, forward + backward on tiny inputs,
+every trainable parameter gets a finite gradient, outputs honour the registry's stated contract.
 Datasets: an ``ImageDataset`` whose reader refuses a missing tree loudly (its real-format behaviour is tested in
 the file named in DATASETS). Trainers: honour TRAINER_REGISTRY's contract.
 
@@ -15,8 +17,6 @@ import pytest
 import torch
 
 import plugins.registry as plugin_registries
-import plugins.sage  # noqa: F401  (method packages register their components on import, as train_net.py does)
-from fastreid.config import get_cfg
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.datasets.bases import ImageDataset
 from fastreid.engine import DefaultTrainer
@@ -26,7 +26,10 @@ from fastreid.modeling.heads import REID_HEADS_REGISTRY
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from fastreid.utils.events import EventStorage
 from fastreid.utils.registry import Registry
-from plugins.config import add_plugins_config
+from plugins.config import import_methods, setup_cfg
+from plugins.routers import Router
+
+import_methods()  # method packages register their components on import, as train_net.py does
 
 # Tiny base model: OSNet x0.25 + EmbeddingHead + Baseline at 64x32, CE + triplet. Entries override it.
 BASE = {"MODEL.DEVICE": "cpu", "MODEL.META_ARCHITECTURE": "Baseline", "MODEL.BACKBONE.NAME": "build_osnet_backbone",
@@ -37,12 +40,19 @@ _VIT = {"MODEL.BACKBONE.NAME": "build_timm_vit_backbone", "MODEL.BACKBONE.TIMM_V
         "MODEL.BACKBONE.FEAT_DIM": 192, "MODEL.BACKBONE.TIMM_VIT.IMG_SIZE": [64, 32],
         "MODEL.BACKBONE.TIMM_VIT.NUM_CAMERAS": 3, "MODEL.META_ARCHITECTURE": "CameraAwareBaseline"}
 
+_CLIP = {"MODEL.BACKBONE.CLIP.NAME": "tiny", "MODEL.BACKBONE.CLIP.NUM_CAMERAS": 3, "MODEL.BACKBONE.FEAT_DIM": 128,
+         "MODEL.BACKBONE.CLIP.WEIGHTS": ""}
+
 # (registry, name) -> config overrides on BASE that put the component in a model. One line per component.
 MODELS: dict[tuple[str, str], dict] = {
     ("BACKBONE", "build_timm_vit_backbone"): _VIT,
     ("META_ARCH", "CameraAwareBaseline"): {"MODEL.META_ARCHITECTURE": "CameraAwareBaseline"},
     ("REID_HEADS", "FCEmbeddingHead"): {"MODEL.HEADS.NAME": "FCEmbeddingHead", "MODEL.HEADS.EMBEDDING_DIM": 32,
                                         "MODEL.HEADS.NECK_FEAT": "after"},
+    ("BACKBONE", "build_clip_backbone"): {**_CLIP, "MODEL.BACKBONE.NAME": "build_clip_backbone",
+                                          "MODEL.META_ARCHITECTURE": "CameraAwareBaseline"},
+    # the i2t term needs stage-1 text features (tests/clipreid/test_meta_arch.py checks that step)
+    ("META_ARCH", "CLIPReID"): {**_CLIP, "MODEL.META_ARCHITECTURE": "CLIPReID", "CLIPREID.I2T_WEIGHT": 0.0},
 }
 # dataset name -> the test file that reads real-format samples with it.
 DATASETS: dict[str, str] = {
@@ -61,7 +71,22 @@ TRAINERS: dict[str, dict | None] = {
     "SAGEExpertTrainer": None,  # needs a source checkpoint and a dataset tree: tests/sage/test_pipeline.py
     "SAGEGateTrainer": None,  # needs source checkpoints and experts: tests/sage/test_pipeline.py
     "SAGEPipeline": None,  # a pipeline of DefaultTrainers: tests/sage/test_pipeline.py runs it end to end
+    "CLIPReIDPromptTrainer": None,  # needs a dataset tree: tests/clipreid/test_pipeline.py
+    "CLIPReIDTrainer": None,  # needs a dataset tree and stage-1 prompts: tests/clipreid/test_pipeline.py
+    "CLIPReIDPipeline": None,  # tests/clipreid/test_pipeline.py runs it end to end
 }
+# router name -> (constructor keywords, input shape); the input's last dimension is the routed width.
+ROUTERS: dict[str, tuple[dict, tuple]] = {
+    "SoftmaxTopKRouter": ({"dim": 8, "num_experts": 4, "top_k": 2}, (2, 5, 8)),
+}
+# loss name -> (constructor keywords, function making its inputs (requires_grad leaves first)).
+LOSSES: dict[str, tuple[dict, object]] = {
+    "SupConLoss": ({"temperature": 1.0}, lambda: ((torch.randn(4, 8, requires_grad=True),
+                                                   torch.randn(6, 8, requires_grad=True)),
+                                                  (torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 2, 0, 1, 2])))),
+}
+# adapter name -> (constructor keywords, function making (base layer, forward arguments)).
+ADAPTERS: dict[str, tuple[dict, object]] = {}
 
 REGISTRIES: dict[str, Registry] = {"BACKBONE": BACKBONE_REGISTRY, "META_ARCH": META_ARCH_REGISTRY,
                                    "REID_HEADS": REID_HEADS_REGISTRY, "DATASET": DATASET_REGISTRY,
@@ -79,6 +104,12 @@ def _entry_exists(rn: str, name: str) -> bool:
         return name in DATASETS
     if rn == "TRAINER_REGISTRY":
         return name in TRAINERS
+    if rn == "ROUTER_REGISTRY":
+        return name in ROUTERS
+    if rn == "LOSS_REGISTRY":
+        return name in LOSSES
+    if rn == "ADAPTER_REGISTRY":
+        return name in ADAPTERS
     return (rn, name) in MODELS
 
 
@@ -90,10 +121,7 @@ def test_every_component_has_an_entry():
 
 
 def tiny_cfg(overrides: dict):
-    cfg = add_plugins_config(get_cfg())
-    for k, v in {**BASE, **overrides}.items():
-        cfg.merge_from_list([k, v])
-    return cfg
+    return setup_cfg("", [x for kv in {**BASE, **overrides}.items() for x in kv])
 
 
 @pytest.mark.parametrize("key", sorted(MODELS), ids=lambda k: f"{k[0]}:{k[1]}")
@@ -139,3 +167,54 @@ def test_trainer_contract(name):
     assert inspect.ismethod(cls.build_model) and inspect.ismethod(cls.test)  # classmethods, usable unbound
     if TRAINERS[name] is not None:
         cls(tiny_cfg(TRAINERS[name]))
+
+
+def _check_grads(module: torch.nn.Module) -> None:
+    no_grad = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    bad = [n for n, p in module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not no_grad, f"trainable parameters without gradient: {no_grad[:10]}"
+    assert not bad, f"non-finite gradients: {bad[:10]}"
+
+
+@pytest.mark.parametrize("name", sorted(ROUTERS))
+def test_router_contract(name):
+    torch.manual_seed(0)
+    kwargs, shape = ROUTERS[name]
+    router = plugin_registries.ROUTER_REGISTRY.get(name)(**kwargs)
+    assert isinstance(router, Router)
+    x = torch.randn(*shape, requires_grad=True)
+    out = router(x)
+    assert out.weights.shape == (*shape[:-1], kwargs["num_experts"])
+    assert (out.weights >= 0).all() and torch.isfinite(out.weights).all()
+    loss = (out.weights * torch.randn_like(out.weights)).sum() + (out.aux_loss if out.aux_loss is not None else 0)
+    loss.backward()
+    _check_grads(router)
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_loss_contract(name):
+    torch.manual_seed(0)
+    kwargs, make = LOSSES[name]
+    leaves, rest = make()
+    loss = plugin_registries.LOSS_REGISTRY.get(name)(**kwargs)(*leaves, *rest)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in leaves)
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS))
+def test_adapter_contract(name):
+    torch.manual_seed(0)
+    kwargs, make = ADAPTERS[name]
+    base, args = make()
+    with torch.no_grad():
+        reference = base(*args)
+    adapter = plugin_registries.ADAPTER_REGISTRY.get(name)(base, **kwargs)
+    out = adapter(*args)
+    first = out[0] if isinstance(out, tuple) else out
+    ref = reference[0] if isinstance(reference, tuple) else reference
+    assert torch.allclose(first, ref, atol=1e-6), "a fresh adapter must return the base layer's output"
+    assert not any(p.requires_grad for p in base.parameters()), "the base layer must be frozen"
+    first.square().sum().backward()
+    _check_grads(adapter)
