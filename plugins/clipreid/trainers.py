@@ -17,7 +17,7 @@ from typing import Dict, Tuple
 
 import torch
 from fastreid.data import build_reid_test_loader
-from fastreid.data.build import _root
+from fastreid.data import build as data_build
 from fastreid.data.common import CommDataset
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.transforms import build_transforms
@@ -87,7 +87,7 @@ def training_set(cfg, *, transforms) -> CommDataset:
     the same identity indices)."""
     items = []
     for name in cfg.DATASETS.NAMES:
-        items.extend(DATASET_REGISTRY.get(name)(root=_root, combineall=cfg.DATASETS.COMBINEALL).train)
+        items.extend(DATASET_REGISTRY.get(name)(root=data_build._root, combineall=cfg.DATASETS.COMBINEALL).train)
     if not items:
         raise ValueError(f"DATASETS.NAMES {tuple(cfg.DATASETS.NAMES)} hold no training images")
     return CommDataset(items, transforms, relabel=True)
@@ -194,7 +194,7 @@ class CLIPReIDPromptTrainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
-                total += float(loss)
+                total += loss.item()
             lr = self.optimizer.param_groups[0]["lr"]
             bar.set_postfix(loss=f"{total / steps:.4f}", lr=f"{lr:.2e}")
             logger.info(f"stage 1 epoch {epoch + 1}/{self.max_epoch}: loss {total / steps:.4f}, lr {lr:.3e}")
