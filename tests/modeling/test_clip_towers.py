@@ -100,6 +100,10 @@ def test_text_encoder_equals_open_clip_and_embedding_path(small_clip):
     feats = enc(tokens)
     assert torch.allclose(feats, small_clip.encode_text(tokens), atol=1e-12)
     assert torch.allclose(enc.forward_embeddings(enc.embed(tokens), tokens.argmax(-1)), feats, atol=1e-12)
+    # the padding after EOT never reaches the feature: changing it changes nothing (only EOT+1 positions run)
+    emb = enc.embed(tokens)
+    emb[:, 20:] = torch.randn_like(emb[:, 20:])
+    assert torch.allclose(enc.forward_embeddings(emb, tokens.argmax(-1)), feats, atol=1e-12)
 
 
 def test_local_weights_round_trip_and_errors(tmp_path):

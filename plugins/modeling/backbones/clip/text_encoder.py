@@ -41,14 +41,20 @@ class CLIPTextEncoder(nn.Module):
         return self.token_embedding(tokens)
 
     def forward_embeddings(self, embeddings: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
-        """embeddings (B, L, d) (token embeddings, learned vectors spliced in), eot_index (B,) -> (B, E)."""
+        """embeddings (B, L, d) (token embeddings, learned vectors spliced in), eot_index (B,) -> (B, E).
+
+        Only the first ``max(eot_index) + 1`` positions are run: the tower is causal and reads the EOT token, so
+        the padding after it never reaches the feature (the same values, at 12 / 77 of the cost for CLIP-ReID's
+        prompt)."""
         if embeddings.shape[1] != self.context_length:
             raise ValueError(f"text embeddings have {embeddings.shape[1]} positions, the tower takes "
                              f"{self.context_length}")
-        x = embeddings + self.positional_embedding.to(embeddings.dtype)
-        x = self.transformer(x, attn_mask=self.attn_mask)
+        eot_index = eot_index.to(embeddings.device).long()
+        length = int(eot_index.max()) + 1
+        x = embeddings[:, :length] + self.positional_embedding[:length].to(embeddings.dtype)
+        x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
         x = self.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), eot_index.to(x.device).long()]
+        x = x[torch.arange(x.shape[0], device=x.device), eot_index]
         proj = self.text_projection
         return proj(x) if isinstance(proj, nn.Linear) else x @ proj
 
