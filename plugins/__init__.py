@@ -13,6 +13,7 @@ from . import data  # noqa: E402,F401  (dataset readers -> DATASET_REGISTRY)
 from . import engine  # noqa: E402,F401  (trainers -> TRAINER_REGISTRY)
 from . import modeling  # noqa: E402,F401  (backbones, heads, meta-architectures, losses)
 from . import routers  # noqa: E402,F401  (ROUTER_REGISTRY)
+from . import layers  # noqa: E402,F401  (ADAPTER_REGISTRY)
 from .config import add_plugins_config  # noqa: E402
 
 __version__ = "0.1.0"

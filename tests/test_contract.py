@@ -86,7 +86,12 @@ LOSSES: dict[str, tuple[dict, object]] = {
                                                   (torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 2, 0, 1, 2])))),
 }
 # adapter name -> (constructor keywords, function making (base layer, forward arguments)).
-ADAPTERS: dict[str, tuple[dict, object]] = {}
+ADAPTERS: dict[str, tuple[dict, object]] = {
+    "LoRALinear": ({"rank": 2, "alpha": 4.0}, lambda: (torch.nn.Linear(8, 6), (torch.randn(3, 8),))),
+    "LoRAMultiheadAttention": ({"targets": ("q", "k", "v", "out"), "rank": 2, "alpha": 4.0},
+                               lambda: (torch.nn.MultiheadAttention(8, 2, batch_first=True),
+                                        (torch.randn(2, 5, 8),) * 3)),
+}
 
 REGISTRIES: dict[str, Registry] = {"BACKBONE": BACKBONE_REGISTRY, "META_ARCH": META_ARCH_REGISTRY,
                                    "REID_HEADS": REID_HEADS_REGISTRY, "DATASET": DATASET_REGISTRY,
@@ -218,3 +223,11 @@ def test_adapter_contract(name):
     assert not any(p.requires_grad for p in base.parameters()), "the base layer must be frozen"
     first.square().sum().backward()
     _check_grads(adapter)
+    if hasattr(adapter, "merged"):  # with a non-zero update, the folded layer gives the adapted output
+        with torch.no_grad():
+            for p in adapter.parameters():
+                if p.requires_grad:
+                    p.normal_()
+            out, merged = adapter(*args), adapter.merged()(*args)
+        out, merged = (o[0] if isinstance(o, tuple) else o for o in (out, merged))
+        assert torch.allclose(out, merged, atol=1e-4) and not torch.allclose(out, first.detach(), atol=1e-4)

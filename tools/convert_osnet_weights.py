@@ -33,7 +33,7 @@ from tabulate import tabulate
 from fastreid.config import get_cfg
 from fastreid.modeling.meta_arch import build_model
 from plugins.compat.checkpoint import load_checkpoint_file
-from plugins.config import add_plugins_config
+from plugins.config import setup_cfg
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "base", "osnet_x0_25_market_eval.yml")
@@ -125,10 +125,7 @@ def convert(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
 
 def build_target(config_file: str, opts: list[str] | None = None) -> torch.nn.Module:
     """The fast-reid model the checkpoint is converted for (built on CPU, no pretraining download)."""
-    cfg = get_cfg()
-    add_plugins_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts or []) + ["MODEL.DEVICE", "cpu", "MODEL.BACKBONE.PRETRAIN", "False"])
+    cfg = setup_cfg(config_file, list(opts or []) + ["MODEL.DEVICE", "cpu", "MODEL.BACKBONE.PRETRAIN", "False"])
     return build_model(cfg)
 
 

@@ -5,13 +5,18 @@ This cfg-free layer exists for code that composes LoRA factors itself (multi-exp
 functions, tests): it holds exactly one ``(A, B)`` pair with peft's parameter names (``lora_A.weight``,
 ``lora_B.weight``) and peft's initialisation, so factors move between the two without renaming.
 """
+import copy
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..registry import ADAPTER_REGISTRY
 
+
+@ADAPTER_REGISTRY.register()
 class LoRALinear(nn.Module):
     """``y = x W^T + b + s * dropout(x) A^T B^T`` with ``W, b`` frozen and ``s = alpha / r``.
 
@@ -40,8 +45,9 @@ class LoRALinear(nn.Module):
         base.weight.requires_grad_(False)
         if base.bias is not None:
             base.bias.requires_grad_(train_bias)
-        self.lora_A = nn.Linear(base.in_features, rank, bias=False)
-        self.lora_B = nn.Linear(rank, base.out_features, bias=False)
+        factory = {"device": base.weight.device, "dtype": base.weight.dtype}  # the factors follow the base layer
+        self.lora_A = nn.Linear(base.in_features, rank, bias=False, **factory)
+        self.lora_B = nn.Linear(rank, base.out_features, bias=False, **factory)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.reset_lora_parameters()
 
@@ -52,6 +58,16 @@ class LoRALinear(nn.Module):
     @property
     def out_features(self) -> int:
         return self.base.out_features
+
+    # Host code reads ``.weight`` / ``.bias`` of the module it holds (open_clip's text tower takes its cast dtype
+    # from ``resblocks[0].mlp.c_fc.weight``), as with peft's layers: they answer with the frozen base's tensors.
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    @property
+    def bias(self) -> Optional[torch.Tensor]:
+        return self.base.bias
 
     def reset_lora_parameters(self) -> None:
         """peft's default: A ~ kaiming-uniform(a=sqrt(5)), B = 0, so the wrapped layer starts equal to the base."""
@@ -66,14 +82,13 @@ class LoRALinear(nn.Module):
         """x: (..., d_in) -> (..., d_out)."""
         return self.base(x) + self.scaling * self.lora_B(self.lora_A(self.lora_dropout(x)))
 
-    def merged_linear(self) -> nn.Linear:
-        """A new plain ``nn.Linear`` with ``W + s B A`` (inference without the extra branch)."""
-        out = nn.Linear(self.in_features, self.out_features, bias=self.base.bias is not None)
+    def merged(self) -> nn.Linear:
+        """A copy of the base ``nn.Linear`` with ``W + s B A`` (inference without the extra branch), in the base's
+        dtype and device, with the base's ``requires_grad``."""
+        out = copy.deepcopy(self.base)
         with torch.no_grad():
-            out.weight.copy_(self.base.weight + self.delta_weight())
-            if self.base.bias is not None:
-                out.bias.copy_(self.base.bias)
-        return out.to(self.base.weight.device, self.base.weight.dtype)
+            out.weight += self.delta_weight().to(out.weight.dtype)
+        return out
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, alpha={self.alpha}"

@@ -1,8 +1,20 @@
-"""Put LoRA adapters into a ViT: single experts through peft, K frozen experts through a gated layer.
+"""Put LoRA adapters into a backbone: our own layers by a per-family target map, or peft's layers for SAGE.
 
-Targets are exactly the four linears of every transformer block (``blocks.<i>.attn.qkv``, ``.attn.proj``,
-``.mlp.fc1``, ``.mlp.fc2``; 48 modules on ViT-B). A bare name list ``["qkv", "proj", "fc1", "fc2"]`` would also
-match ``patch_embed.proj`` (a conv), which the SAGE expert does not adapt, so the target is a full-name regex.
+Two paths:
+
+- ``inject_adapters`` (any family of ``plugins.tuners.targets.TARGET_MAPS``: timm ViT, open_clip image and text
+  towers) puts this package's layers in place: ``LoRALinear`` on linear targets, ``LoRAMultiheadAttention`` on
+  attention targets. Our own layers are needed there because peft cannot adapt q, k and v of the packed
+  ``in_proj_weight`` of an ``nn.MultiheadAttention`` separately (its attention layer adapts the whole packed
+  projection together with ``out_proj``), and a peft target ``"out_proj"`` wraps a module that
+  ``nn.MultiheadAttention.forward`` never calls (it reads ``out_proj.weight`` directly), so that adapter would
+  be silently ignored. ``merge_adapters`` folds them back into plain layers; ``adapter_parameter_count`` counts
+  them.
+- ``inject_lora`` (peft, SAGE) stays for adapters that must live in peft's file format (expert banks): its
+  targets are exactly the four linears of every timm ViT block (``blocks.<i>.attn.qkv``, ``.attn.proj``,
+  ``.mlp.fc1``, ``.mlp.fc2``; 48 modules on ViT-B). A bare name list ``["qkv", "proj", "fc1", "fc2"]`` would also
+  match ``patch_embed.proj`` (a conv), which the SAGE expert does not adapt, so the target is a full-name regex.
+  ``inject_gated_lora`` then puts K frozen peft experts into one ``GatedLoRALinear`` per linear.
 """
 import re
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -12,6 +24,9 @@ from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
 from ..layers.gated_lora import GatedLoRALinear
+from ..layers.lora import LoRALinear
+from ..layers.lora_attention import LoRAMultiheadAttention
+from .targets import AttentionTarget, detect_family, find_targets, get_target_map
 
 # Full-name regex (peft matches a string ``target_modules`` with re.fullmatch); any prefix before ``blocks.``.
 VIT_BLOCK_LINEARS = r"(.*\.)?blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))"
@@ -136,3 +151,87 @@ def remove_peft_layers(model: nn.Module) -> nn.Module:
     if hasattr(model, "peft_config"):
         del model.peft_config
     return model
+
+
+def inject_adapters(model: nn.Module, *, family: Optional[str] = None, targets: Sequence[str], rank: int,
+                    alpha: float, dropout: float = 0.0, blocks: Optional[Sequence[int]] = None) -> List[str]:
+    """Put our LoRA layers on ``targets`` of every tower of ``family`` in ``model`` (in place).
+
+    Linear targets get a ``LoRALinear`` (base at ``<name>.base``), attention targets a ``LoRAMultiheadAttention``
+    holding all the q/k/v/out targets of that attention (base at ``<name>.base_layer``). New LoRA parameters take
+    the device and dtype of the layer they adapt and start at B = 0, so the model's output is unchanged.
+
+    Freezing: only the base weights and biases of the wrapped layers are frozen; every other parameter keeps its
+    ``requires_grad`` (norms, embeddings, heads, blocks left out by ``blocks``). To train the adapters only, call
+    ``model.requires_grad_(False)`` before injecting.
+
+    Args:
+        model: the model to adapt; any module containing towers of the family.
+        family: a key of ``plugins.tuners.targets.TARGET_MAPS``; ``None`` detects it (an open_clip ``CLIP``,
+            which holds two towers, needs it: ``"open_clip_visual"`` or ``"open_clip_text"``).
+        targets: short target names of the family, e.g. ``["q", "v"]`` (open_clip) or ``["qkv", "fc1"]`` (timm).
+        rank: r of every adapter (> 0).
+        alpha: LoRA alpha; updates are scaled by ``alpha / rank``.
+        dropout: dropout on the input of the low-rank branches.
+        blocks: transformer block indices to adapt (``None``: all).
+    Returns:
+        the full names of the adapted modules, in model order (an attention module once, whatever its targets).
+    Raises:
+        KeyError for an unknown family or target (naming the valid ones); ValueError when a target matches nothing,
+        a block does not exist, or a target already carries an adapter (ours or peft's).
+    """
+    if rank <= 0:
+        raise ValueError(f"LoRA rank must be > 0, got {rank}")
+    family = detect_family(model) if family is None else family
+    get_target_map(family)  # KeyError naming the known families
+    parts: Dict[str, List[str]] = {}  # module name -> attention parts (empty list for a linear)
+    modules: Dict[str, nn.Module] = {}
+    for site in find_targets(model, family, targets, blocks):
+        where = f"target {site.target!r} of family {family!r}: module {site.name!r}"
+        if isinstance(site.module, (LoRALinear, LoRAMultiheadAttention)) or hasattr(site.module, "base_layer"):
+            raise ValueError(f"{where} already carries an adapter: merge_adapters (or remove_peft_layers) first")
+        expected = nn.MultiheadAttention if isinstance(site.spec, AttentionTarget) else nn.Linear
+        if not isinstance(site.module, expected):
+            raise ValueError(f"{where} is a {type(site.module).__name__}, expected {expected.__name__}")
+        modules[site.name] = site.module
+        parts.setdefault(site.name, [])
+        if isinstance(site.spec, AttentionTarget):
+            parts[site.name].append(site.spec.part)
+    for name, module in modules.items():
+        if parts[name]:
+            layer = LoRAMultiheadAttention(module, targets=parts[name], rank=rank, alpha=alpha, dropout=dropout)
+        else:
+            layer = LoRALinear(module, rank=rank, alpha=alpha, dropout=dropout)
+        layer.train(module.training)  # the new dropout follows the adapted layer's mode
+        _replace(model, name, layer)
+    return list(modules)
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def _adapter_layers(model: nn.Module) -> Dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, (LoRALinear, LoRAMultiheadAttention))}
+
+
+def adapter_parameter_count(model: nn.Module) -> int:
+    """Number of LoRA parameters (``lora_A``/``lora_B``) in the ``LoRALinear`` and ``LoRAMultiheadAttention``
+    layers of ``model`` (peft's layers: ``lora_parameter_count``)."""
+    return sum(p.numel() for layer in _adapter_layers(model).values()
+               for p in (*layer.lora_A.parameters(), *layer.lora_B.parameters()))
+
+
+def merge_adapters(model: nn.Module) -> List[str]:
+    """Replace every ``LoRALinear`` / ``LoRAMultiheadAttention`` of ``model`` by a plain ``nn.Linear`` /
+    ``nn.MultiheadAttention`` with ``W + s B A`` folded in (in place): same outputs (dropout aside), the original
+    module names and state-dict keys, no adapter parameters. Merged weights keep the base's ``requires_grad``.
+
+    Returns:
+        the names of the merged modules, in model order.
+    """
+    layers = _adapter_layers(model)
+    for name, layer in layers.items():
+        _replace(model, name, layer.merged())
+    return list(layers)

@@ -53,7 +53,7 @@ def test_merged_linear_and_residual_function():
     with torch.no_grad():
         layer.lora_B.weight.normal_()
     x = torch.randn(3, 4, 6)
-    assert torch.allclose(layer.merged_linear()(x), layer(x), atol=1e-5)
+    assert torch.allclose(layer.merged()(x), layer(x), atol=1e-5)
     res = lora_residual(x, layer.lora_A.weight, layer.lora_B.weight, layer.scaling)
     assert torch.allclose(layer.base(x) + res, layer(x), atol=1e-6)
 
