@@ -11,6 +11,7 @@ from typing import Callable, Dict, Sequence
 from fastreid.config import CfgNode as CN
 from fastreid.config import get_cfg
 
+from .data.config import add_data_config
 from .modeling.config import add_clip_backbone_config, add_vit_backbone_config
 
 __all__ = ["METHODS", "import_methods", "method_config_adders", "add_plugins_config", "setup_cfg"]
@@ -62,6 +63,7 @@ def add_plugins_config(cfg):
     cfg.PLUGINS.PSEUDO_LABEL.CLASSIFIER_FROZEN = True
     # Images per feature-extraction batch (all ranks together); 0 uses TEST.IMS_PER_BATCH.
     cfg.PLUGINS.PSEUDO_LABEL.FEATURE_BATCH = 0
+    add_data_config(cfg)  # PLUGINS.DATA.* (what batches carry besides images)
     add_vit_backbone_config(cfg)  # MODEL.BACKBONE.TIMM_VIT.*
     add_clip_backbone_config(cfg)  # MODEL.BACKBONE.CLIP.*
     return cfg

@@ -1,4 +1,5 @@
-"""Every YAML under configs/ loads into fast-reid's config with every plugin/method config adder applied."""
+"""Every YAML under configs/ loads through the one config-setup function (plugins.config.setup_cfg), and every
+``add_*_config`` of plugins/**/config.py is reached by it."""
 from __future__ import annotations
 
 import importlib
@@ -8,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from fastreid.config import get_cfg
+
+from plugins.config import setup_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 YAMLS = sorted(p for ext in ("*.yml", "*.yaml") for p in (REPO / "configs").rglob(ext))
@@ -38,9 +41,22 @@ def test_adders_are_discovered():
 
 @pytest.mark.parametrize("yml", YAMLS, ids=[str(p.relative_to(REPO / "configs")) for p in YAMLS])
 def test_config_loads(yml):
-    cfg = full_cfg()
-    cfg.merge_from_file(str(yml))
+    cfg = setup_cfg(str(yml))
     assert cfg.MODEL.META_ARCHITECTURE
+
+
+def test_setup_cfg_reaches_every_adder():
+    """A key added by any adder is in the config setup_cfg builds (a method whose adder is not called by
+    setup_cfg would make its configs fail to load in train_net)."""
+    assert set(_flat(full_cfg())) == set(_flat(setup_cfg()))
+
+
+def _flat(node, prefix=""):
+    for k, v in node.items():
+        if isinstance(v, dict):
+            yield from _flat(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
 
 
 def test_unknown_key_is_rejected(tmp_path):

@@ -17,10 +17,7 @@ from typing import Dict, Tuple
 
 import torch
 from fastreid.data import build_reid_test_loader
-from fastreid.data import build as data_build
 from fastreid.data.common import CommDataset
-from fastreid.data.datasets import DATASET_REGISTRY
-from fastreid.data.transforms import build_transforms
 from fastreid.engine import DefaultTrainer
 from fastreid.modeling import build_model
 from fastreid.utils import comm
@@ -29,6 +26,8 @@ from timm.scheduler import CosineLRScheduler
 from tqdm import tqdm
 
 from ..compat.checkpoint import load_checkpoint_file
+from ..data.mapper import build_extras_dataset
+from ..engine.loaders import dataset_items
 from ..modeling.losses import supervised_contrastive_loss
 from ..registry import TRAINER_REGISTRY
 from .meta_arch import CLIPReID
@@ -82,15 +81,13 @@ def text_feature_bank(model: CLIPReID, *, batch_size: int = 64, amp: bool = True
     return torch.cat(out)
 
 
-def training_set(cfg, *, transforms) -> CommDataset:
-    """The training items of ``DATASETS.NAMES`` relabelled exactly as fast-reid's train loader does (stage 2 sees
-    the same identity indices)."""
-    items = []
-    for name in cfg.DATASETS.NAMES:
-        items.extend(DATASET_REGISTRY.get(name)(root=data_build._root, combineall=cfg.DATASETS.COMBINEALL).train)
+def training_set(cfg) -> CommDataset:
+    """The training items of ``DATASETS.NAMES`` with test transforms, relabelled exactly as fast-reid's train
+    loader does (stage 2 sees the same identity indices)."""
+    items = dataset_items(cfg.DATASETS.NAMES, "train", combineall=cfg.DATASETS.COMBINEALL)
     if not items:
         raise ValueError(f"DATASETS.NAMES {tuple(cfg.DATASETS.NAMES)} hold no training images")
-    return CommDataset(items, transforms, relabel=True)
+    return build_extras_dataset(cfg, items, is_train=False, relabel=True)
 
 
 @TRAINER_REGISTRY.register()
@@ -102,7 +99,7 @@ class CLIPReIDPromptTrainer:
         s = cfg.CLIPREID.STAGE1
         if int(s.EPOCHS) <= 0 or int(s.IMS_PER_BATCH) <= 0:
             raise ValueError(f"CLIPREID.STAGE1.EPOCHS and IMS_PER_BATCH must be > 0, got {s.EPOCHS}, {s.IMS_PER_BATCH}")
-        self.train_set = training_set(cfg, transforms=build_transforms(cfg, is_train=False))
+        self.train_set = training_set(cfg)
         cfg = cfg.clone()
         cfg.defrost()
         cfg.MODEL.HEADS.NUM_CLASSES = self.train_set.num_classes

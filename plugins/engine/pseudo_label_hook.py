@@ -13,9 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from fastreid.data import build_reid_test_loader, build_reid_train_loader
-from fastreid.data.common import CommDataset
-from fastreid.data.transforms import build_transforms
 from fastreid.engine.train_loop import HookBase
 from fastreid.utils import comm
 from fastreid.utils.params import ContiguousParams
@@ -24,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..clustering import compute_jaccard_distance, dbscan_labels, rho_eps
+from .loaders import make_pool_loader, make_train_loader
 
 __all__ = ["ClusterResult", "PseudoLabelHook", "cluster_features", "extract_features", "index_cameras",
            "replace_classifier", "unwrap_model"]
@@ -92,9 +90,7 @@ def extract_features(cfg, model: torch.nn.Module, items: list[tuple[str, object]
     Under torch.distributed every rank extracts its InferenceSampler shard and rank 0 returns all N rows
     (other ranks return None). The model's train/eval mode is restored afterwards.
     """
-    test_set = CommDataset([(p, 0, c) for p, c in items], build_transforms(cfg, is_train=False), relabel=False)
-    loader, _ = build_reid_test_loader(test_set=test_set, test_batch_size=batch_size, num_query=0,
-                                       num_workers=cfg.DATALOADER.NUM_WORKERS)
+    loader = make_pool_loader(cfg, items, batch_size=batch_size)
     net = unwrap_model(model)
     was_training = net.training
     net.eval()
@@ -235,8 +231,7 @@ class PseudoLabelHook(HookBase):
                                    f"size, raise NUM_INSTANCE or change PLUGINS.PSEUDO_LABEL.EPS / EPS_MODE")
         # relabel=False: cluster labels are already 0..C-1 (DBSCAN keeps no empty cluster) and camids are the
         # pool-wide indices; relabelling would renumber the cameras whenever one of them is all outliers.
-        train_set = CommDataset(self.pseudo_items, build_transforms(self.cfg, is_train=True), relabel=False)
-        loader = build_reid_train_loader(self.cfg, train_set=train_set)
+        loader = make_train_loader(self.cfg, self.pseudo_items, relabel=False)
         old_iter, old_loader = inner._data_loader_iter, inner.data_loader
         inner.data_loader = loader
         inner._data_loader_iter = iter(loader)

@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 import logging
-import os
 
-from fastreid.data import build_reid_train_loader, samplers
-from fastreid.data.common import CommDataset
-from fastreid.data.datasets import DATASET_REGISTRY
-from fastreid.data.transforms import build_transforms
+from fastreid.data import samplers
 from fastreid.engine import DefaultTrainer, hooks
 from fastreid.solver import build_optimizer
 from fastreid.utils import comm
 
 from ..registry import TRAINER_REGISTRY
+from .loaders import dataset_items, make_train_loader
 from .pseudo_label_hook import PseudoLabelHook, index_cameras
 
 __all__ = ["PseudoLabelTrainer", "unlabelled_pool"]
@@ -26,13 +23,7 @@ def unlabelled_pool(cfg, *, show: bool = False) -> list[tuple[str, int]]:
     ``datasets``); identity labels are not read. Camids are numbered once over the pool (``index_cameras``), so
     every consumer of the pool (trainer, hook, evaluation-only merges) agrees on them. ``show``: print fast-reid's
     train-set summary."""
-    root = os.getenv("FASTREID_DATASETS", "datasets")
-    items = []
-    for name in cfg.DATASETS.NAMES:
-        data = DATASET_REGISTRY.get(name)(root=root)
-        if show:
-            data.show_train()
-        items.extend((it[0], it[2]) for it in data.train)
+    items = [(it[0], it[2]) for it in dataset_items(cfg.DATASETS.NAMES, "train", show=show)]
     if not items:
         raise ValueError(f"DATASETS.NAMES {tuple(cfg.DATASETS.NAMES)} has no training images to pseudo-label")
     return index_cameras(items)
@@ -50,9 +41,8 @@ class PseudoLabelTrainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         items = [(path, UNLABELLED, cam) for path, cam in unlabelled_pool(cfg, show=comm.is_main_process())]
-        train_set = CommDataset(items, build_transforms(cfg, is_train=True), relabel=True)
         logging.getLogger(__name__).info(f"Unlabelled target pool: {len(items)} images")
-        return build_reid_train_loader(cfg, train_set=train_set, sampler=samplers.TrainingSampler(len(items)))
+        return make_train_loader(cfg, items, sampler=samplers.TrainingSampler(len(items)))
 
     @classmethod
     def build_optimizer(cls, cfg, model):

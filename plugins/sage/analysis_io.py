@@ -15,12 +15,10 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-from fastreid.data.build import build_reid_test_loader
-from fastreid.data.common import CommDataset
 from fastreid.data.datasets import DATASET_REGISTRY
-from fastreid.data.transforms import build_transforms
 from torch import nn
 
+from ..engine.loaders import make_test_loader
 from ..tuners.expert_bank import CONFIG_NAME, WEIGHTS_NAME
 from .analysis import run_analysis
 from .builders import CLASSIFIER_KEY, build_gated_model, load_expert_model, load_model_state
@@ -131,9 +129,7 @@ def query_loader(cfg, dataset_name: str, *, max_images: int = 0):
     items = list(data.query)[:max_images] if max_images > 0 else list(data.query)
     if not items:
         raise ValueError(f"dataset {dataset_name!r} has no query images")
-    test_set = CommDataset(items, build_transforms(cfg, is_train=False), relabel=False)
-    loader, _ = build_reid_test_loader(test_set=test_set, test_batch_size=int(cfg.TEST.IMS_PER_BATCH), num_query=0,
-                                       num_workers=int(cfg.DATALOADER.NUM_WORKERS))
+    loader, _ = make_test_loader(cfg, items)
     return loader
 
 

@@ -15,13 +15,11 @@ from typing import List, Tuple
 
 import numpy as np
 import torch
-from fastreid.data.build import fast_batch_collator
-from fastreid.data.common import CommDataset
-from fastreid.data.transforms import build_transforms
 from fastreid.utils import comm
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
+
+from ..engine.loaders import make_pool_epoch_loader
 
 __all__ = ["recalibrate_batchnorm"]
 
@@ -49,10 +47,7 @@ def _seeded(seed: int):
 
 def _accumulate(cfg, model: nn.Module, norms, items, *, epochs: int, batch_size: int) -> None:
     """Reset ``norms`` and average their batch statistics over ``epochs`` passes of ``items`` in train mode."""
-    size = batch_size or int(cfg.SOLVER.IMS_PER_BATCH)
-    data = CommDataset([(p, 0, c) for p, c in items], build_transforms(cfg, is_train=True), relabel=True)
-    loader = DataLoader(data, batch_size=size, shuffle=True, drop_last=len(data) > size,
-                        num_workers=int(cfg.DATALOADER.NUM_WORKERS), collate_fn=fast_batch_collator)
+    loader = make_pool_epoch_loader(cfg, items, batch_size=batch_size, relabel=True)
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()

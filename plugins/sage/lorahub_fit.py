@@ -15,12 +15,10 @@ from typing import Callable, List, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from fastreid.data.build import fast_batch_collator
-from fastreid.data.common import CommDataset
-from fastreid.data.transforms import build_transforms
 from fastreid.utils import comm
 from torch import nn
 
+from ..engine.loaders import pool_batch
 from ..engine.pseudo_label_hook import cluster_features, extract_features
 from ..tuners.expert_bank import lora_factors
 from ..tuners.lorahub import attach_lorahub, fit_lorahub_cma, fit_lorahub_gradient, fold_lorahub
@@ -82,9 +80,7 @@ def fit_lorahub_model(cfg, source_weights: Sequence[str], expert_dirs: Sequence[
         clusters = cluster_features(feats, k1=p.K1, k2=p.K2, eps=float(p.EPS) if p.EPS_MODE == "fixed" else None,
                                     rho=p.RHO, min_samples=p.MIN_SAMPLES)
         idx = objective_indices(clusters.labels, int(hub.NUM_IMAGES))
-        data = CommDataset([(items[i][0], 0, items[i][1]) for i in idx], build_transforms(cfg, is_train=False),
-                           relabel=False)
-        batch = fast_batch_collator([data[i] for i in range(len(data))])
+        batch = pool_batch(cfg, [items[i] for i in idx])
         _, targets = np.unique(clusters.labels[idx], return_inverse=True)
         loss_fn = centroid_objective(model, batch, torch.as_tensor(targets), float(hub.TEMPERATURE))
 

@@ -55,7 +55,9 @@ def run(tmp_path_factory):
     logger = logging.getLogger("fastreid")
     level = logger.level
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("fastreid.data.build._root", str(tmp_path_factory.mktemp("datasets")))
+        datasets = str(tmp_path_factory.mktemp("datasets"))
+        mp.setenv("FASTREID_DATASETS", datasets)  # read at call time by plugins.engine.loaders
+        mp.setattr("fastreid.data.build._root", datasets)  # fast-reid read it once, at import
         mp.setattr(SynthReIDBase, "default_config", TINY_DOMAIN)
         train_net = load_train_net()
         mp.setattr(train_net, "default_setup", lambda cfg, args: None)
