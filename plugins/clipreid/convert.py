@@ -19,13 +19,14 @@ input grid (129 rows at 256x128). Floating tensors are cast to float32.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["TOKEN_EMBEDDING_KEY", "CheckpointInfo", "ConvertedCheckpoint", "map_official_key", "describe_keys",
-           "inspect_official", "convert_official_state", "prompt_embedding_error"]
+__all__ = ["TOKEN_EMBEDDING_KEY", "KEY_GROUPS", "CheckpointInfo", "ConvertedCheckpoint", "map_official_key",
+           "describe_keys", "inspect_official", "convert_official_state", "group_counts", "prompt_embedding_error"]
 
 TOKEN_EMBEDDING_KEY = "text_encoder.token_embedding.weight"
 _TEXT_PARTS = ("transformer.", "positional_embedding", "ln_final.", "text_projection")
@@ -36,6 +37,27 @@ _REQUIRED = ("image_encoder.conv1.weight", "image_encoder.class_embedding", "ima
              "image_encoder.proj", "text_encoder.positional_embedding", "text_encoder.text_projection",
              "prompt_learner.token_prefix", "prompt_learner.token_suffix", "prompt_learner.cls_ctx",
              "bottleneck.weight", "bottleneck_proj.weight", "classifier.weight", "classifier_proj.weight")
+
+
+# Rows of the mapping table, in order: (official keys, CLIPReID keys).
+KEY_GROUPS: Tuple[Tuple[str, str], ...] = (
+    ("image_encoder.*", "image_encoder.visual.*"),
+    ("cv_embed", "image_encoder.camera_embed"),
+    ("text_encoder.{transformer.*, positional_embedding, ln_final.*, text_projection}", "same"),
+    ("(OpenAI CLIP) token_embedding.weight", TOKEN_EMBEDDING_KEY),
+    ("prompt_learner.{token_prefix, token_suffix, cls_ctx}", "same"),
+    ("bottleneck.*, bottleneck_proj.*", "same"),
+    ("classifier.weight, classifier_proj.weight", "same"),
+)
+
+
+def _group(key: str) -> int:
+    """Row of :data:`KEY_GROUPS` of a CLIPReID key."""
+    if key.startswith("image_encoder."):
+        return 0 if key.startswith("image_encoder.visual.") else 1
+    if key.startswith("text_encoder."):
+        return 3 if key == TOKEN_EMBEDDING_KEY else 2
+    return {"prompt_learner": 4, "bottleneck": 5, "bottleneck_proj": 5}.get(key.split(".")[0], 6)
 
 
 def map_official_key(key: str) -> Optional[str]:
@@ -57,6 +79,8 @@ def map_official_key(key: str) -> Optional[str]:
 def describe_keys(keys: Sequence[str]) -> str:
     """A guess at what a state dict that is not an official CLIP-ReID checkpoint is, for error messages."""
     keys = set(keys)
+    if "image_encoder.conv1.weight" in keys and "prompt_learner.cls_ctx" in keys:
+        return "an official CLIP-ReID stage-2 checkpoint (convert it with --from clipreid)"
     if "image_encoder.visual.conv1.weight" in keys:
         return "an already converted CLIPReID checkpoint (load it directly with MODEL.WEIGHTS)"
     if "visual.conv1.weight" in keys or "token_embedding.weight" in keys:
@@ -65,7 +89,7 @@ def describe_keys(keys: Sequence[str]) -> str:
         return "a DM-Adapter / IRRA checkpoint"
     if any(k.startswith(("backbone.", "heads.")) for k in keys):
         return "a fast-reid checkpoint"
-    return "not a CLIP-ReID stage-2 checkpoint"
+    return "an unknown layout"
 
 
 @dataclass(frozen=True)
@@ -87,6 +111,15 @@ class CheckpointInfo:
         """Patch grid (gh, gw) of an (H, W) input."""
         h, w = (int(v) for v in image_size)
         return h // self.patch_size, w // self.patch_size
+
+    def guess_grid(self) -> Optional[Tuple[int, int]]:
+        """The portrait grid with gh = 2 gw or 3 gw (ReID's 256x128 / 384x128) that has ``num_patches`` cells; None
+        when neither fits (the checkpoint does not record its input size)."""
+        for ratio in (2, 3):
+            gw = math.isqrt(self.num_patches // ratio)
+            if ratio * gw * gw == self.num_patches:
+                return ratio * gw, gw
+        return None
 
 
 def _blocks(keys, prefix: str) -> int:
@@ -126,7 +159,6 @@ class ConvertedCheckpoint:
     state: Dict[str, torch.Tensor]
     info: CheckpointInfo
     rows: List[Tuple[str, str]] = field(default_factory=list)
-    had_module_prefix: bool = False
 
     @property
     def has_token_embedding(self) -> bool:
@@ -145,7 +177,6 @@ def convert_official_state(state: Mapping[str, torch.Tensor], *, token_embedding
     Raises:
         ValueError: naming ``source``, when keys are missing, unknown, or the token embedding does not fit.
     """
-    had_prefix = any(k.startswith("module.") for k in state)
     state = _strip_module(state)
     info = inspect_official(state, source)
     unknown = [k for k in state if map_official_key(k) is None]
@@ -163,7 +194,15 @@ def convert_official_state(state: Mapping[str, torch.Tensor], *, token_embedding
                              f"text tower of width {info.text_width} ('{source}')")
         out[TOKEN_EMBEDDING_KEY] = token_embedding.float().contiguous()
         rows.append(("(CLIP) token_embedding.weight", TOKEN_EMBEDDING_KEY))
-    return ConvertedCheckpoint(state=out, info=info, rows=rows, had_module_prefix=had_prefix)
+    return ConvertedCheckpoint(state=out, info=info, rows=rows)
+
+
+def group_counts(state: Mapping[str, torch.Tensor]) -> List[Tuple[str, str, int]]:
+    """(official keys, CLIPReID keys, number of keys) per row of :data:`KEY_GROUPS` for a converted state dict."""
+    counts = [0] * len(KEY_GROUPS)
+    for key in state:
+        counts[_group(key)] += 1
+    return [(official, ours, n) for (official, ours), n in zip(KEY_GROUPS, counts)]
 
 
 def prompt_embedding_error(state: Mapping[str, torch.Tensor], token_embedding: torch.Tensor,
