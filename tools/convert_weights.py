@@ -4,6 +4,8 @@
     python tools/convert_weights.py --from clipreid --input OFFICIAL.pth --output OURS.pth \
         [--config-file configs/clipreid/market.yml] [--clip ViT-B-16.pt] [KEY VALUE ...]
     python tools/convert_weights.py --from openai-clip --input ViT-B-16.pt --output clip.safetensors
+    python tools/convert_weights.py --from torchreid-osnet --input osnet_x0_25_market1501.pt --output OURS.pth \
+        [--config-file configs/base/osnet_x0_25_market_eval.yml] [--drop-classifier] [--all-rows]
 
 ``--from clipreid``: an official CLIP-ReID stage-2 checkpoint (Syliz517/CLIP-ReID, ``torch.save(model.state_dict())``,
 316 keys for ViT-B/16 with the SIE camera table, ``module.`` may prefix) -> a fast-reid checkpoint
@@ -35,6 +37,10 @@ open_clip's key names (torch or safetensors, ``module.`` allowed) -> a plain ``.
 names, dtypes as stored; OpenAI's metadata entries (``input_resolution``, ``context_length``, ``vocab_size``) are
 dropped. Use it as ``MODEL.BACKBONE.CLIP.WEIGHTS`` or as ``--clip`` here.
 
+``--from torchreid-osnet``: a torchreid OSNet ReID checkpoint -> a fast-reid ``Baseline`` checkpoint
+(``build_osnet_backbone`` + ``FCEmbeddingHead``); the mapping and its table are in ``plugins/modeling/convert_osnet.py``.
+Every key is accounted for in the printed table; unmatched or mis-shaped backbone / embedding keys exit with 1.
+
 Torch inputs are read with ``torch.load(weights_only=True)`` (or ``torch.jit.load`` for TorchScript archives):
 nothing unpickles arbitrary objects. The last line printed is ``converted from=<fmt> keys=<n> output=<path>``.
 """
@@ -54,7 +60,7 @@ from plugins.clipreid.convert import (TOKEN_EMBEDDING_KEY, CheckpointInfo, Conve
 from plugins.compat.checkpoint import UnsafeCheckpointError
 from plugins.modeling.backbones.clip.weights import load_state_strict, read_state_dict
 
-FORMATS = ("clipreid", "openai-clip")
+FORMATS = ("clipreid", "openai-clip", "torchreid-osnet")
 PERSON_PROMPT = "A photo of a X X X X person."  # the official prompt of the person datasets
 
 
@@ -66,6 +72,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--output", required=True, help="clipreid: a torch file (.pth); openai-clip: a .safetensors")
     p.add_argument("--config-file", default="", help="clipreid: build CLIPReID from this config and load strictly")
     p.add_argument("--clip", default="", help="clipreid: OpenAI CLIP weights supplying token_embedding.weight")
+    p.add_argument("--drop-classifier", action="store_true", help="torchreid-osnet: do not carry the classifier")
+    p.add_argument("--all-rows", action="store_true", help="torchreid-osnet: print every key, not only problems")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ... (clipreid)")
     return p.parse_args(argv)
 
@@ -244,12 +252,32 @@ def convert_openai_clip(args) -> int:
     return 0
 
 
+def convert_torchreid_osnet(args) -> int:
+    from plugins.modeling.convert_osnet import DEFAULT_CONFIG, build_target, convert, read_torchreid_state_dict
+
+    if args.output.endswith(".safetensors"):
+        raise ValueError("fast-reid's Checkpointer reads torch files only: use a .pth --output")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    target = build_target(args.config_file or os.path.join(repo, DEFAULT_CONFIG), args.opts).state_dict()
+    report = convert(read_torchreid_state_dict(args.input), target, drop_classifier=args.drop_classifier)
+    print(report.table(only_problems=not args.all_rows))
+    problems = report.problems()
+    if problems:
+        print(f"\n{len(problems)} backbone/embedding keys did not load; nothing written.", file=sys.stderr)
+        return 1
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    torch.save({"model": report.state_dict}, args.output)
+    print(f"converted from=torchreid-osnet keys={len(report.state_dict)} output={args.output}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     for flag, path in (("--input", args.input), ("--clip", args.clip), ("--config-file", args.config_file)):
         if path and not os.path.isfile(path):
             raise SystemExit(f"convert_weights --from {args.source_format}: error: {flag} '{path}' does not exist")
-    run = {"clipreid": convert_clipreid, "openai-clip": convert_openai_clip}[args.source_format]
+    run = {"clipreid": convert_clipreid, "openai-clip": convert_openai_clip,
+           "torchreid-osnet": convert_torchreid_osnet}[args.source_format]
     try:
         return run(args)
     except (FileNotFoundError, KeyError, ValueError, UnsafeCheckpointError) as err:

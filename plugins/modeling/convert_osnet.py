@@ -1,8 +1,8 @@
-#!/usr/bin/env python
-"""Convert a torchreid OSNet ReID checkpoint into a fast-reid ``Baseline`` checkpoint.
+"""A torchreid OSNet ReID checkpoint -> a fast-reid ``Baseline`` checkpoint (the mapping behind
+``tools/convert_weights.py --from torchreid-osnet``):
 
-    python tools/convert_osnet_weights.py --input osnet_x0_25_market1501.pt --output osnet_x0_25_fastreid.pth \
-        [--config-file configs/base/osnet_x0_25_market_eval.yml] [--drop-classifier]
+    python tools/convert_weights.py --from torchreid-osnet --input osnet_x0_25_market1501.pt \
+        --output osnet_x0_25_fastreid.pth [--config-file configs/base/osnet_x0_25_market_eval.yml] [--drop-classifier]
 
 Key mapping (torchreid -> fast-reid Baseline with ``build_osnet_backbone`` + ``FCEmbeddingHead``):
 
@@ -21,22 +21,17 @@ The output is ``{"model": state_dict}`` (tensors only) as a torch file, because 
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from dataclasses import dataclass, field
 
-import plugins  # noqa: F401  (host-compat patches + FCEmbeddingHead registration)
 import torch
+from fastreid.modeling.meta_arch import build_model
 from tabulate import tabulate
 
-from fastreid.config import get_cfg
-from fastreid.modeling.meta_arch import build_model
-from plugins.compat.checkpoint import load_checkpoint_file
-from plugins.config import setup_cfg
+from ..compat.checkpoint import load_checkpoint_file
+from ..config import setup_cfg
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "base", "osnet_x0_25_market_eval.yml")
+DEFAULT_CONFIG = os.path.join("configs", "base", "osnet_x0_25_market_eval.yml")  # relative to the repository
 DROPPED = {"classifier.bias": "fast-reid classifiers have no bias; eval does not use the classifier"}
 
 
@@ -127,32 +122,3 @@ def build_target(config_file: str, opts: list[str] | None = None) -> torch.nn.Mo
     """The fast-reid model the checkpoint is converted for (built on CPU, no pretraining download)."""
     cfg = setup_cfg(config_file, list(opts or []) + ["MODEL.DEVICE", "cpu", "MODEL.BACKBONE.PRETRAIN", "False"])
     return build_model(cfg)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", required=True, help="torchreid OSNet checkpoint (.pt/.pth/.pth.tar)")
-    parser.add_argument("--output", required=True, help="fast-reid checkpoint to write (.pth)")
-    parser.add_argument("--config-file", default=DEFAULT_CONFIG, help="fast-reid config describing the model")
-    parser.add_argument("--drop-classifier", action="store_true", help="do not carry the identity classifier")
-    parser.add_argument("--all-rows", action="store_true", help="print every key, not only the problems")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
-    args = parser.parse_args(argv)
-    if args.output.endswith(".safetensors"):
-        raise SystemExit("fast-reid's Checkpointer reads torch files only: use a .pth --output")
-
-    target = build_target(args.config_file, args.opts).state_dict()
-    report = convert(read_torchreid_state_dict(args.input), target, drop_classifier=args.drop_classifier)
-    print(report.table(only_problems=not args.all_rows))
-    problems = report.problems()
-    if problems:
-        print(f"\n{len(problems)} backbone/embedding keys did not load; nothing written.", file=sys.stderr)
-        return 1
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    torch.save({"model": report.state_dict}, args.output)
-    print(f"\nwrote {len(report.state_dict)} tensors to {args.output}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -24,20 +24,21 @@ from fastreid.modeling.meta_arch import build_model
 from fastreid.utils.checkpoint import Checkpointer
 from plugins.compat.checkpoint import UnsafeCheckpointError
 from plugins.config import add_plugins_config
+from plugins.modeling import convert_osnet as conv
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "base" / "osnet_x0_25_market_eval.yml"
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("convert_osnet_weights", REPO / "tools" / "convert_osnet_weights.py")
+    spec = importlib.util.spec_from_file_location("convert_weights", REPO / "tools" / "convert_weights.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up in sys.modules
     spec.loader.exec_module(mod)
     return mod
 
 
-conv = _load_tool()
+tool = _load_tool()
 
 
 def _cfg():
@@ -86,7 +87,8 @@ def evaluate_on_market_sample(model, root: Path) -> tuple[float, float]:
 def converted(shared_data, tmp_path_factory):
     src = shared_data / "weights" / "osnet_x0_25_market1501.pt"
     out = tmp_path_factory.mktemp("osnet") / "osnet_x0_25_fastreid.pth"
-    assert conv.main(["--input", str(src), "--output", str(out), "--config-file", str(CONFIG)]) == 0
+    assert tool.main(["--from", "torchreid-osnet", "--input", str(src), "--output", str(out),
+                      "--config-file", str(CONFIG)]) == 0
     report = conv.convert(conv.read_torchreid_state_dict(str(src)), conv.build_target(str(CONFIG)).state_dict())
     return out, report
 

@@ -3,7 +3,7 @@
 torchreid's ReID models (OSNet, ...) end in ``fc = Sequential(Linear(C, D), BatchNorm1d(D), ReLU)`` and, in eval
 mode, return that D-dim output as the retrieval feature. fast-reid's ``EmbeddingHead`` has a bias-free 1x1 conv and
 no ReLU, so it cannot reproduce that feature; this head can, which lets torchreid checkpoints (see
-tools/convert_osnet_weights.py) be evaluated and fine-tuned inside fast-reid's ``Baseline``.
+tools/convert_weights.py --from torchreid-osnet) be evaluated and fine-tuned inside fast-reid's ``Baseline``.
 """
 from __future__ import annotations
 
