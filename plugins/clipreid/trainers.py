@@ -123,7 +123,14 @@ class CLIPReIDPromptTrainer:
 
     @classmethod
     def test(cls, cfg, model):
-        return DefaultTrainer.test(cfg, model)
+        """The frozen CLIP's scores (stage 1 never changes the image tower), without the camera embedding, which
+        is still at its random initialisation."""
+        encoder = _unwrap(model).image_encoder
+        encoder.sie_enabled = False
+        try:
+            return DefaultTrainer.test(cfg, model)
+        finally:
+            encoder.sie_enabled = True
 
     def resume_or_load(self, resume: bool = True) -> None:
         """Continue from ``OUTPUT_DIR/prompt_training_last.pth`` when it exists (and ``resume``)."""
@@ -202,7 +209,7 @@ class CLIPReIDPromptTrainer:
             _save_atomic(self.model.prompt_learner.state_dict(), os.path.join(self.cfg.OUTPUT_DIR, PROMPTS_FILE))
         comm.synchronize()
         self.model.eval()
-        return self.test(self.cfg, self.model)  # the image tower is untouched: the frozen CLIP's scores
+        return self.test(self.cfg, self.model)
 
 
 @TRAINER_REGISTRY.register()

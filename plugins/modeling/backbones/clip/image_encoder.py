@@ -61,6 +61,7 @@ class CLIPImageEncoder(nn.Module):
         self.num_blocks = len(visual.transformer.resblocks)
         self.num_cameras, self.num_views, self.sie_coef = int(num_cameras), int(num_views), float(sie_coef)
         rows = max(self.num_cameras, 1) * max(self.num_views, 1) if (num_cameras or num_views) else 0
+        self.sie_enabled = True  # switch the camera term off without dropping the table (e.g. a frozen-CLIP score)
         if rows:
             self.camera_embed = nn.Parameter(torch.zeros(rows, self.width))
             nn.init.trunc_normal_(self.camera_embed, std=0.02)
@@ -101,7 +102,7 @@ class CLIPImageEncoder(nn.Module):
         x = v.conv1(images)  # (B, D, gh, gw)
         x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)  # (B, gh*gw, D)
         cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
-        if use_sie and self.camera_embed is not None:
+        if use_sie and self.sie_enabled and self.camera_embed is not None:
             cls = cls + self.sie_coef * self.camera_embed[self.sie_rows(camids, viewids)].unsqueeze(1).to(x.dtype)
         x = torch.cat([cls, x], dim=1)  # (B, N, D)
         x = x + v.positional_embedding.to(x.dtype)
