@@ -36,6 +36,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from open_clip.loss import ClipLoss
 from open_clip.model import CLIP
 from tqdm import tqdm
 
@@ -57,7 +58,7 @@ TINY_CLIP_CONFIG: Dict = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
 }
 TOKENIZER_NAME = "ViT-B-16"
-TINY_CLIP_VERSION = "1"  # bump when the training code changes in a way the recipe fields do not show
+TINY_CLIP_VERSION = "2"  # bump when the training code changes in a way the recipe fields do not show
 WEIGHTS_FILE = "tiny_clip.safetensors"
 METRICS_FILE = "metrics.json"
 
@@ -255,22 +256,15 @@ def _param_groups(model: CLIP, weight_decay: float, embed_lr_scale: float) -> Li
 
 
 def _lr_at(step: int, recipe: TinyClipRecipe) -> float:
-    """Linear warm-up from lr / warmup to lr, then cosine decay to min_lr_ratio * lr at the last step."""
+    """Linear warm-up from lr / warmup to lr, then cosine decay to min_lr_ratio * lr at the last step. (timm's
+    CosineLRScheduler takes one absolute floor for every parameter group; here each group, e.g. the embedding
+    tables at a smaller rate, decays to the same fraction of its own rate.)"""
     if step < recipe.warmup_steps:
         return recipe.lr * (step + 1) / recipe.warmup_steps
     span = max(1, recipe.steps - recipe.warmup_steps)
     t = min(1.0, (step - recipe.warmup_steps) / span)
     low = recipe.lr * recipe.min_lr_ratio
     return low + 0.5 * (recipe.lr - low) * (1 + math.cos(math.pi * t))
-
-
-def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE over the batch (CLIP's loss); features L2-normalised inside."""
-    img = F.normalize(image_features, dim=-1)
-    txt = F.normalize(text_features, dim=-1)
-    logits = logit_scale.exp() * img @ txt.t()
-    target = torch.arange(logits.shape[0])
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
 def _peak_rss_mb() -> float:
@@ -314,6 +308,7 @@ def pretrain_tiny_clip(root: str, *, recipe: TinyClipRecipe = TinyClipRecipe(), 
     max_scale = math.log(recipe.max_logit_scale)
     losses: List[float] = []
     text_encoder = CLIPTextEncoder(model)  # open_clip's text modules, run only up to the EOT token (same values)
+    clip_loss = ClipLoss()  # open_clip's symmetric InfoNCE over the batch (normalised features, exp'd scale)
     model.train()
     t1 = time.perf_counter()
     bar = tqdm(range(recipe.steps), desc="tiny CLIP pre-training", unit="step", disable=not progress)
@@ -321,7 +316,8 @@ def pretrain_tiny_clip(root: str, *, recipe: TinyClipRecipe = TinyClipRecipe(), 
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, recipe) * group["lr_scale"]
         images, tokens = sampler()
-        loss = clip_loss(model.encode_image(images), text_encoder(tokens), model.logit_scale)
+        loss = clip_loss(F.normalize(model.encode_image(images), dim=-1), F.normalize(text_encoder(tokens), dim=-1),
+                         model.logit_scale.exp())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if recipe.grad_clip > 0:
