@@ -28,6 +28,7 @@ from tqdm import tqdm
 from ..compat.checkpoint import load_checkpoint_file
 from ..data.mapper import build_extras_dataset
 from ..engine.loaders import dataset_items
+from ..engine.pseudo_label_hook import unwrap_model
 from ..modeling.losses import supervised_contrastive_loss
 from ..registry import TRAINER_REGISTRY
 from .meta_arch import CLIPReID
@@ -40,10 +41,6 @@ logger = logging.getLogger("fastreid." + __name__)
 PROMPTS_FILE = "prompt_learner.safetensors"
 FEATURES_FILE = "image_features.safetensors"
 STATE_FILE = "prompt_training_last.pth"
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
 
 
 def _autocast(enabled: bool, device: torch.device):
@@ -72,7 +69,7 @@ def load_prompts(model: CLIPReID, path: str) -> None:
 @torch.no_grad()
 def text_feature_bank(model: CLIPReID, *, batch_size: int = 64, amp: bool = True) -> torch.Tensor:
     """Text feature of every identity's prompt (num_classes, E), float32."""
-    model = _unwrap(model)
+    model = unwrap_model(model)
     out = []
     with _autocast(amp, model.device):
         for start in range(0, model.num_classes, batch_size):
@@ -125,7 +122,7 @@ class CLIPReIDPromptTrainer:
     def test(cls, cfg, model):
         """The frozen CLIP's scores (stage 1 never changes the image tower), without the camera embedding, which
         is still at its random initialisation."""
-        encoder = _unwrap(model).image_encoder
+        encoder = unwrap_model(model).image_encoder
         encoder.sie_enabled = False
         try:
             return DefaultTrainer.test(cfg, model)
@@ -228,7 +225,7 @@ class CLIPReIDTrainer(DefaultTrainer):
             raise ValueError("CLIPREID.I2T_WEIGHT > 0 needs the stage-1 prompts: set CLIPREID.PROMPTS (the "
                              "CLIPReIDPipeline does) or CLIPREID.I2T_WEIGHT 0")
         super().__init__(cfg)
-        model = _unwrap(self.model)
+        model = unwrap_model(self.model)
         if model.i2t_weight > 0:
             model.set_text_features(text_feature_bank(model, amp=bool(cfg.CLIPREID.STAGE1.AMP)))
             logger.info(f"stage 2: text features of {model.num_classes} identities computed once (frozen)")
