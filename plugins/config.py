@@ -12,7 +12,7 @@ from fastreid.config import CfgNode as CN
 from fastreid.config import get_cfg
 
 from .data.config import add_data_config
-from .modeling.config import add_clip_backbone_config, add_vit_backbone_config
+from .modeling.config import add_clip_backbone_config, add_clipreid_model_config, add_vit_backbone_config
 
 __all__ = ["METHODS", "import_methods", "method_config_adders", "add_plugins_config", "setup_cfg"]
 
@@ -66,6 +66,7 @@ def add_plugins_config(cfg):
     add_data_config(cfg)  # PLUGINS.DATA.* (what batches carry besides images)
     add_vit_backbone_config(cfg)  # MODEL.BACKBONE.TIMM_VIT.*
     add_clip_backbone_config(cfg)  # MODEL.BACKBONE.CLIP.*
+    add_clipreid_model_config(cfg)  # CLIPREID.* (the CLIP-ReID model and its two stages)
     return cfg
 
 

@@ -1,4 +1,4 @@
-"""CLIP-ReID's official stage-2 checkpoint -> the state dict of :class:`plugins.clipreid.meta_arch.CLIPReID`.
+"""CLIP-ReID's official stage-2 checkpoint -> the state dict of :class:`plugins.modeling.meta_arch.clipreid.CLIPReID`.
 
 Pure functions on ``name -> tensor`` dicts (``tools/convert_weights.py --from clipreid`` reads and writes the
 files). The official checkpoint is ``torch.save(model.state_dict())`` of the authors' ``build_transformer``

@@ -18,7 +18,7 @@ import torch
 from fastreid.engine import DefaultTrainer, default_argument_parser
 from safetensors.torch import load_file
 
-from plugins.clipreid.trainers import FEATURES_FILE, PROMPTS_FILE, CLIPReIDPromptTrainer
+from plugins.engine.clipreid_trainers import FEATURES_FILE, PROMPTS_FILE, CLIPReIDPromptTrainer
 from plugins.data.datasets.synthetic import SynthReIDBase
 from plugins.data.synthetic import SynthConfig
 from plugins.engine.stages import DONE_FILE

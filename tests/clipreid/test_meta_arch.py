@@ -7,8 +7,8 @@ import torch
 from fastreid.modeling import build_model
 from fastreid.utils.events import EventStorage
 
-from plugins.clipreid.meta_arch import CLIPReID
-from plugins.clipreid.trainers import text_feature_bank
+from plugins.modeling.meta_arch.clipreid import CLIPReID
+from plugins.engine.clipreid_trainers import text_feature_bank
 from plugins.config import setup_cfg
 from plugins.modeling.backbones.clip import tokenize
 

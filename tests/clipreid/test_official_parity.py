@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from fastreid.modeling import build_model
 from fastreid.utils.checkpoint import Checkpointer
 from plugins.clipreid.convert import TOKEN_EMBEDDING_KEY, convert_official_state, map_official_key
-from plugins.clipreid.meta_arch import CLIPReID
+from plugins.modeling.meta_arch.clipreid import CLIPReID
 from plugins.config import import_methods, setup_cfg
 from plugins.modeling.backbones.clip import (CLIPImageEncoder, CLIPTextEncoder, build_clip_model, read_state_dict,
                                              tokenize)

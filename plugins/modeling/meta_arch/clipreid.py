@@ -22,8 +22,8 @@ from fastreid.modeling.losses import triplet_loss
 from fastreid.modeling.meta_arch.build import META_ARCH_REGISTRY
 from torch import nn
 
-from ..modeling.backbones.clip import CLIPImageEncoder, CLIPTextEncoder, clip_from_cfg, image_encoder_from_cfg
-from .prompt_learner import IdentityPromptLearner
+from ..backbones.clip import (CLIPImageEncoder, CLIPImageFeatures, CLIPTextEncoder, IdentityPromptLearner,
+                              clip_from_cfg, image_encoder_from_cfg)
 
 __all__ = ["CLIPReID"]
 
@@ -152,19 +152,27 @@ class CLIPReID(nn.Module):
         """Text features of the identity prompts of ``labels`` (B,) -> (B, E), not normalised."""
         return self.text_encoder.forward_embeddings(*self.prompt_learner(labels.to(self.device)))
 
-    def image_test_features(self, images: torch.Tensor, camids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """0-255 images (B, 3, H, W) -> test feature (B, D + E), not normalised (the evaluator normalises)."""
-        out = self.image_encoder(self.normalize(images), camids)
+    def encode(self, batched_inputs: Dict) -> CLIPImageFeatures:
+        """The image tower on a batch's 0-255 ``images`` (+ its ``camids`` for SIE). Subclasses that condition the
+        tower on other batch keys (MoSAIC's attributes) override this one method; losses and eval both call it."""
+        return self.image_encoder(self.normalize(batched_inputs["images"]), self._camids(batched_inputs))
+
+    def test_feature(self, out: CLIPImageFeatures) -> torch.Tensor:
+        """Image-tower outputs -> test feature (B, D + E), not normalised (the evaluator normalises)."""
         if self.neck_feat == "after":
             return torch.cat([self.bottleneck(out.cls), self.bottleneck_proj(out.proj)], dim=1)
         return torch.cat([out.cls, out.proj], dim=1)
+
+    def image_test_features(self, images: torch.Tensor, camids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """0-255 images (B, 3, H, W) -> test feature (B, D + E), not normalised (the evaluator normalises)."""
+        return self.test_feature(self.image_encoder(self.normalize(images), camids))
 
     # --- fast-reid interface ---------------------------------------------------------------------------------
 
     def forward(self, batched_inputs: Dict):
         if not self.training:
             if "images" in batched_inputs:
-                return self.image_test_features(batched_inputs["images"], self._camids(batched_inputs))
+                return self.test_feature(self.encode(batched_inputs))
             if "text_tokens" in batched_inputs:
                 return self.text_encoder(batched_inputs["text_tokens"].to(self.device))
             raise KeyError(f"an eval batch needs 'images' or 'text_tokens', got {sorted(batched_inputs)}")
@@ -176,7 +184,7 @@ class CLIPReID(nn.Module):
         if "targets" not in batched_inputs:
             raise KeyError("Person ID annotation ('targets') missing in training batch")
         targets = batched_inputs["targets"].to(self.device)
-        out = self.image_encoder(self.normalize(batched_inputs["images"]), self._camids(batched_inputs))
+        out = self.encode(batched_inputs)
         eps = self.label_smooth
         logits = self.classifier(self.bottleneck(out.cls))
         logits_proj = self.classifier_proj(self.bottleneck_proj(out.proj))

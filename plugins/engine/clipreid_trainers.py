@@ -27,11 +27,11 @@ from tqdm import tqdm
 
 from ..compat.checkpoint import load_checkpoint_file
 from ..data.mapper import build_extras_dataset
-from ..engine.loaders import dataset_items
-from ..engine.pseudo_label_hook import unwrap_model
 from ..modeling.losses import supervised_contrastive_loss
+from ..modeling.meta_arch.clipreid import CLIPReID
 from ..registry import TRAINER_REGISTRY
-from .meta_arch import CLIPReID
+from .loaders import dataset_items
+from .pseudo_label_hook import unwrap_model
 
 __all__ = ["CLIPReIDPromptTrainer", "CLIPReIDTrainer", "PROMPTS_FILE", "FEATURES_FILE", "load_prompts",
            "text_feature_bank"]

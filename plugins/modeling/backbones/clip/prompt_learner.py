@@ -7,7 +7,8 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from ..modeling.backbones.clip import CLIPTextEncoder, placeholder_positions, tokenize
+from .text_encoder import CLIPTextEncoder
+from .tokenizer import placeholder_positions, tokenize
 
 __all__ = ["IdentityPromptLearner"]
 
