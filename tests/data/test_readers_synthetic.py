@@ -53,3 +53,18 @@ def test_cuhk_pedes_reads_generator_output(domain):
     assert len(d.train) > 0 and all(isinstance(it[3]["caption"], str) for it in d.train)
     assert len(d.query) >= len(d.gallery) > 0 and {q[1] for q in d.query} == {g[1] for g in d.gallery}
     assert all(os.path.isfile(g[0]) for g in d.gallery)
+
+
+def test_synthetic_attribute_reader_generates_and_matches_market_attribute(tmp_path):
+    from plugins.data.datasets.synthetic import SynthReIDA
+    from plugins.data.datasets.synthetic_attribute import SynthReIDAttrA
+
+    cfg = synthetic.SynthConfig(seed=5, train_ids=3, test_ids=3, images_per_id=4, num_cameras=2, height=32,
+                                width=16, junk=1, distractors=1)
+    plain = SynthReIDA(root=str(tmp_path), config=cfg)  # writes the Market layout only
+    d = SynthReIDAttrA(root=str(tmp_path), config=cfg)  # adds market_attribute.mat, keeps the same images
+    assert sorted(it[0] for it in d.train) == sorted(it[0] for it in plain.train)
+    assert d.dataset_name == "synthreidattra" and d.train[0][1].startswith("synthreidattra_")
+    ref = Market1501Attribute(root=str(tmp_path / "synthreid" / "A"))
+    assert [it[3] for it in d.gallery] == [it[3] for it in ref.gallery]
+    assert [(it[0], it[1]) for it in d.query] == [(it[0], it[1]) for it in ref.query]
