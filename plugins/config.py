@@ -21,6 +21,7 @@ __all__ = ["METHODS", "import_methods", "method_config_adders", "add_plugins_con
 METHODS: Dict[str, str] = {
     "sage": "plugins.sage",
     "clipreid": "plugins.clipreid",
+    "mosaic": "plugins.mosaic",
 }
 
 

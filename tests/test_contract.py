@@ -27,6 +27,8 @@ from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from fastreid.utils.events import EventStorage
 from fastreid.utils.registry import Registry
 from plugins.config import import_methods, setup_cfg
+from plugins.data.datasets.market_attribute import MARKET_ATTRIBUTES
+from plugins.mosaic.schema import build_schema
 from plugins.routers import Router
 
 import_methods()  # method packages register their components on import, as train_net.py does
@@ -53,18 +55,30 @@ MODELS: dict[tuple[str, str], dict] = {
                                           "MODEL.META_ARCHITECTURE": "CameraAwareBaseline"},
     # the i2t term needs stage-1 text features (tests/clipreid/test_meta_arch.py checks that step)
     ("META_ARCH", "CLIPReID"): {**_CLIP, "MODEL.META_ARCHITECTURE": "CLIPReID", "CLIPREID.I2T_WEIGHT": 0.0},
+    ("META_ARCH", "MoSAIC"): {**_CLIP, "MODEL.META_ARCHITECTURE": "MoSAIC", "CLIPREID.I2T_WEIGHT": 0.0,
+                              "DATASETS.NAMES": ("Market1501Attribute",), "DATASETS.TESTS": ("Market1501Attribute",),
+                              "PLUGINS.DATA.ATTRIBUTES": True, "MOSAIC.LAST_K": 2},
 }
+# Market attribute vectors of the 4-image batch (binary fields alternate; age 0-3; one colour per group).
+_ATTRS = torch.zeros(4, 27, dtype=torch.long)
+_ATTRS[:, :9] = torch.tensor([[0], [1], [0], [1]])
+_ATTRS[:, 9] = torch.arange(4)
+_ATTRS[torch.arange(4), torch.tensor([10, 11, 12, 13])] = 1
+_ATTRS[torch.arange(4), torch.tensor([18, 19, 20, 21])] = 1
+# (registry, name) -> extra batch keys a model component reads (plugins/data/batch.py).
+BATCH_EXTRAS: dict[tuple[str, str], dict] = {("META_ARCH", "MoSAIC"): {"attributes": _ATTRS}}
 # dataset name -> the test file that reads real-format samples with it.
 DATASETS: dict[str, str] = {
     **{n: "tests/data/test_readers_attributes.py" for n in ("Market1501Attribute", "DukeMTMCAttribute")},
     **{f"SynthReID{c}": "tests/data/test_readers_synthetic.py" for c in ("A", "B", "C", "D", "Pretrain")},
+    **{f"SynthReIDAttr{c}": "tests/data/test_readers_synthetic.py" for c in ("A", "B", "C", "D")},
     **{n: "tests/data/test_readers_multimodal.py" for n in ("RGBNT201", "RGBNT100", "MSVR310")},
     **{n: "tests/data/test_readers_text.py" for n in ("CUHKPEDES", "ICFGPEDES", "RSTPReid")},
     **{f"MSMT17Cam{c}": "tests/data/test_readers_msmt17_cameras.py"
        for c in ("5", "6", "12", "13", "14", "15", "5_6", "12_13_14_15")},
 }
 # readers that build their own tree on first use (procedural data), so an empty root is not an error for them.
-GENERATES_TREE = {f"SynthReID{c}" for c in ("A", "B", "C", "D", "Pretrain")}
+GENERATES_TREE = {f"SynthReID{c}" for c in ("A", "B", "C", "D", "Pretrain")} | {f"SynthReIDAttr{c}" for c in "ABCD"}
 # trainer name -> config overrides for construction, or None when only the class contract is checked here.
 TRAINERS: dict[str, dict | None] = {
     "PseudoLabelTrainer": None,  # construction needs a dataset tree: only the class contract is checked here
@@ -74,10 +88,19 @@ TRAINERS: dict[str, dict | None] = {
     "CLIPReIDPromptTrainer": None,  # needs a dataset tree: tests/clipreid/test_pipeline.py
     "CLIPReIDTrainer": None,  # needs a dataset tree and stage-1 prompts: tests/clipreid/test_pipeline.py
     "CLIPReIDPipeline": None,  # tests/clipreid/test_pipeline.py runs it end to end
+    "MoSAICTrainer": None,  # needs a CLIP-ReID checkpoint and an attribute dataset: tests/mosaic/test_mosaic_pipeline.py
+    "MoSAICPipeline": None,  # tests/mosaic/test_mosaic_pipeline.py runs it end to end
 }
-# router name -> (constructor keywords, input shape); the input's last dimension is the routed width.
-ROUTERS: dict[str, tuple[dict, tuple]] = {
-    "SoftmaxTopKRouter": ({"dim": 8, "num_experts": 4, "top_k": 2}, (2, 5, 8)),
+# router name -> (constructor keywords, function making (inputs, context)); weights are (*inputs.shape[:-1], K).
+_SCHEMA = build_schema(MARKET_ATTRIBUTES)
+ROUTERS: dict[str, tuple[dict, object]] = {
+    "SoftmaxTopKRouter": ({"dim": 8, "num_experts": 4, "top_k": 2},
+                          lambda: (torch.randn(2, 5, 8, requires_grad=True), {})),
+    # reads attribute vectors (B, A): nothing to differentiate, no parameters
+    "OracleAttributeRouter": ({"schema": _SCHEMA}, lambda: (_ATTRS.clone(), {})),
+    # hard decisions; its head trains through aux_loss (BCE against the oracle's sets)
+    "PredictedAttributeRouter": ({"schema": _SCHEMA, "in_dim": 8},
+                                 lambda: (torch.randn(4, 8, requires_grad=True), {"attributes": _ATTRS.clone()})),
 }
 # loss name -> (constructor keywords, function making its inputs (requires_grad leaves first)).
 LOSSES: dict[str, tuple[dict, object]] = {
@@ -136,7 +159,7 @@ def test_model_component_trains_one_step(key):
     model = build_model(cfg)
     h, w = cfg.INPUT.SIZE_TRAIN
     batch = {"images": torch.rand(4, 3, h, w) * 255, "targets": torch.tensor([0, 0, 1, 1]),
-             "camids": torch.tensor([0, 1, 2, 0])}
+             "camids": torch.tensor([0, 1, 2, 0]), **BATCH_EXTRAS.get(key, {})}
     model.train()
     with EventStorage():
         losses = model(batch)
@@ -184,17 +207,22 @@ def _check_grads(module: torch.nn.Module) -> None:
 @pytest.mark.parametrize("name", sorted(ROUTERS))
 def test_router_contract(name):
     torch.manual_seed(0)
-    kwargs, shape = ROUTERS[name]
+    kwargs, make = ROUTERS[name]
     router = plugin_registries.ROUTER_REGISTRY.get(name)(**kwargs)
     assert isinstance(router, Router)
-    x = torch.randn(*shape, requires_grad=True)
-    out = router(x)
-    assert out.weights.shape == (*shape[:-1], kwargs["num_experts"])
+    x, context = make()
+    out = router(x, **context)
+    assert out.weights.shape == (*x.shape[:-1], router.num_experts)
     assert (out.weights >= 0).all() and torch.isfinite(out.weights).all()
     loss = (out.weights * torch.randn_like(out.weights)).sum() + (out.aux_loss if out.aux_loss is not None else 0)
+    trainable = [p for p in router.parameters() if p.requires_grad]
+    if not trainable and not loss.requires_grad:
+        return  # a fixed rule (e.g. the attribute oracle): nothing to train
+    assert torch.isfinite(loss)
     loss.backward()
     _check_grads(router)
-    assert x.grad is not None and torch.isfinite(x.grad).all()
+    if x.is_floating_point():
+        assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
