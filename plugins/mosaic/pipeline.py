@@ -43,6 +43,8 @@ __all__ = ["MoSAICPipeline", "load_mosaic"]
 
 logger = logging.getLogger("fastreid." + __name__)
 
+MIN_CONFIGURATIONS = 3  # below this a sweep's table is written but not analysed (no variance to explain)
+
 
 def load_mosaic(cfg, path: str) -> MoSAIC:
     """A MoSAIC model of ``cfg`` with a trained checkpoint loaded strictly (weights_only), in eval mode."""
@@ -192,20 +194,26 @@ class MoSAICPipeline(CLIPReIDStagePipeline):
         from .importance import analyse  # statsmodels / shap load only when a study runs
 
         s = self.cfg.MOSAIC.SWEEP
+        analysed = {}
         for mode, table in tables.items():
             _write(os.path.splitext(table.path)[0] + ".md",
                    f"# Inclusion sweep ({mode} mode) on {self.test_name}\n\n{table.markdown()}\n")
             folder = os.path.join(self.root, "importance" if mode == "test" else "importance_retrain")
+            if len(table.rows) < MIN_CONFIGURATIONS:
+                logger.warning(f"{mode}-mode sweep: {len(table.rows)} configurations; the importance study needs at "
+                               f"least {MIN_CONFIGURATIONS}: not analysed")
+                continue
+            analysed[mode] = folder
             analyse(table.path, folder, metrics=["mAP", "R-1"], attributes=list(table.attribute_names),
                     seed=int(s.SEED), n_estimators=int(s.N_ESTIMATORS), n_repeats=int(s.N_REPEATS))
         if len(tables) == 2:
             cmp = compare_modes(tables["test"], tables["retrain"])
             _write(os.path.join(self.root, "sweep_modes.md"), _modes_text(cmp))
-        entropy = identity_entropy(dataset_items([self.test_name], "query") + dataset_items([self.test_name], "gallery"),
-                                   model.schema)
-        first = "test" if "test" in tables else "retrain"
-        folder = os.path.join(self.root, "importance" if first == "test" else "importance_retrain")
-        _write(os.path.join(self.root, "entropy_vs_importance.md"), _entropy_text(entropy, folder, self.test_name))
+        if analysed:
+            entropy = identity_entropy(dataset_items([self.test_name], "query")
+                                       + dataset_items([self.test_name], "gallery"), model.schema)
+            folder = analysed.get("test") or analysed["retrain"]
+            _write(os.path.join(self.root, "entropy_vs_importance.md"), _entropy_text(entropy, folder, self.test_name))
 
 
 def _modes_text(cmp: Dict[str, float]) -> str:

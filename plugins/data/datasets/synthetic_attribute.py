@@ -29,6 +29,7 @@ class SynthReIDAttrBase(AttributeReIDDataset):
     """One generated domain read with its attributes; generates the folder when missing or stale."""
 
     domain = ""
+    default_config: SynthConfig = DEFAULT_CONFIG  # the same sizes as SynthReIDA .. D
     attribute_specs = MARKET_ATTRIBUTES
     mat_struct = "market_attribute"
     distractor_pid = 0
@@ -39,7 +40,7 @@ class SynthReIDAttrBase(AttributeReIDDataset):
                  **kwargs):
         if not self.domain:
             raise TypeError("SynthReIDAttrBase is abstract: use SynthReIDAttrA .. SynthReIDAttrD")
-        cfg = config or DEFAULT_CONFIG
+        cfg = config or self.default_config
         if seed is not None:
             cfg = SynthConfig(**dict(cfg.to_dict(), seed=int(seed)))
         self.root = root
