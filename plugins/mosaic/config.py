@@ -45,9 +45,10 @@ def add_mosaic_config(cfg):
     cfg.MOSAIC.TRAIN_HEADS = False
     # How annotations map to experts (plugins/mosaic/schema.py). MULTI_HOT: a colour group with several colours
     # marked activates "all" of them, the "first", or "none". NO_VALUE: a colour group with no colour marked is
-    # inactive ("none") or has its own "expert". MISSING: a field not annotated (-1: DukeMTMC "top" of two ids,
-    # distractors) leaves its group inactive ("skip") or is an "error". The defaults give the paper's counts:
-    # Market-1501 35 experts, DukeMTMC 26.
+    # inactive ("none") or has its own "expert". MISSING: a field not annotated (-1: DukeMTMC "top" of two ids;
+    # every field of Market's gallery distractors 0000, which the readers keep) leaves its group inactive ("skip")
+    # or is an "error" (only for data without distractors). Junk images (-1) are dropped by the readers, as
+    # fast-reid's Market1501 does. The defaults give the paper's counts: Market-1501 35 experts, DukeMTMC 26.
     cfg.MOSAIC.POLICY = CN()
     cfg.MOSAIC.POLICY.MULTI_HOT = "all"
     cfg.MOSAIC.POLICY.NO_VALUE = "none"
