@@ -4,18 +4,14 @@ results table; a rerun trains nothing; a deleted stage is redone, alone; an inte
 checkpoint; ``--eval-only`` with the stage-2 checkpoint reproduces the CLIP-ReID row."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import logging
 import math
-import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from fastreid.engine import DefaultTrainer, default_argument_parser
+from fastreid.engine import DefaultTrainer
 from safetensors.torch import load_file
 
 from plugins.engine.clipreid_trainers import FEATURES_FILE, PROMPTS_FILE, CLIPReIDPromptTrainer
@@ -42,40 +38,15 @@ def opts(output_dir) -> list:
             "OUTPUT_DIR", str(output_dir)]
 
 
-def load_train_net():
-    spec = importlib.util.spec_from_file_location("clipreid_test_train_net", REPO / "tools" / "train_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, train_net_session):
     out = tmp_path_factory.mktemp("clipreid_pipeline")
-    logger = logging.getLogger("fastreid")
-    level = logger.level
-    with pytest.MonkeyPatch.context() as mp:
-        datasets = str(tmp_path_factory.mktemp("datasets"))
-        mp.setenv("FASTREID_DATASETS", datasets)  # read at call time by plugins.engine.loaders
-        mp.setattr("fastreid.data.build._root", datasets)  # fast-reid read it once, at import
-        mp.setattr(SynthReIDBase, "default_config", TINY_DOMAIN)
-        train_net = load_train_net()
-        mp.setattr(train_net, "default_setup", lambda cfg, args: None)
-        logger.setLevel(logging.INFO)
-
+    datasets = str(tmp_path_factory.mktemp("datasets"))
+    with train_net_session(datasets, [(SynthReIDBase, "default_config", TINY_DOMAIN)]) as (main, mp):
         def run_once(*extra):
-            torch.manual_seed(0)
-            np.random.seed(0)
-            random.seed(0)
-            args = default_argument_parser().parse_args(
-                ["--config-file", str(REPO / "configs" / "clipreid" / "demo.yml"), *extra, *opts(out)])
-            return train_net.main(args)
+            return main(REPO / "configs" / "clipreid" / "demo.yml", *extra, *opts(out))
 
-        first = run_once()
-        try:
-            yield out, first, run_once, mp
-        finally:
-            logger.setLevel(level)
+        yield out, run_once(), run_once, mp
 
 
 def test_rows_tables_and_folders(run):

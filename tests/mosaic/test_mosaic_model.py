@@ -5,7 +5,7 @@ import torch
 from fastreid.modeling import build_model
 from fastreid.utils.events import EventStorage
 
-from conftest import tiny_batch
+from mosaic_batches import tiny_batch
 from plugins.modeling.meta_arch.clipreid import CLIPReID
 from plugins.config import setup_cfg
 from plugins.mosaic.experts import AttributeExpertBank, ExpertFFN

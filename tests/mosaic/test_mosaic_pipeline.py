@@ -5,15 +5,10 @@ removed from results.csv (a killed sweep) is evaluated again, alone; ``--eval-on
 from __future__ import annotations
 
 import csv
-import importlib.util
-import logging
-import random
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from fastreid.engine import DefaultTrainer, default_argument_parser
+from fastreid.engine import DefaultTrainer
 
 from plugins.data.datasets.synthetic_attribute import SynthReIDAttrBase
 from plugins.data.synthetic import SynthConfig
@@ -38,40 +33,15 @@ def opts(output_dir) -> list:
             "MOSAIC.SWEEP.N_ESTIMATORS", "20", "MOSAIC.SWEEP.N_REPEATS", "2", "OUTPUT_DIR", str(output_dir)]
 
 
-def load_train_net():
-    spec = importlib.util.spec_from_file_location("mosaic_test_train_net", REPO / "tools" / "train_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, train_net_session):
     out = tmp_path_factory.mktemp("mosaic_pipeline")
-    logger = logging.getLogger("fastreid")
-    level = logger.level
-    with pytest.MonkeyPatch.context() as mp:
-        datasets = str(tmp_path_factory.mktemp("datasets"))
-        mp.setenv("FASTREID_DATASETS", datasets)  # read at call time by plugins.engine.loaders
-        mp.setattr("fastreid.data.build._root", datasets)  # fast-reid read it once, at import
-        mp.setattr(SynthReIDAttrBase, "default_config", TINY_DOMAIN)
-        train_net = load_train_net()
-        mp.setattr(train_net, "default_setup", lambda cfg, args: None)
-        logger.setLevel(logging.INFO)
-
+    datasets = str(tmp_path_factory.mktemp("datasets"))
+    with train_net_session(datasets, [(SynthReIDAttrBase, "default_config", TINY_DOMAIN)]) as (main, _):
         def run_once(*extra):
-            torch.manual_seed(0)
-            np.random.seed(0)
-            random.seed(0)
-            args = default_argument_parser().parse_args(
-                ["--config-file", str(REPO / "configs" / "mosaic" / "demo.yml"), *extra, *opts(out)])
-            return train_net.main(args)
+            return main(REPO / "configs" / "mosaic" / "demo.yml", *extra, *opts(out))
 
-        first = run_once()
-        try:
-            yield out, first, run_once
-        finally:
-            logger.setLevel(level)
+        yield out, run_once(), run_once
 
 
 def _sweep(path):

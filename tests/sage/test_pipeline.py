@@ -8,17 +8,13 @@ deleting one stage's done.json, one stage folder and one static row, the rerun r
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import logging
 import math
 import os
-import random
 import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from fastreid.engine import DefaultTrainer, default_argument_parser
@@ -75,13 +71,6 @@ def opts(output_dir) -> list:
     ]
 
 
-def load_train_net():
-    spec = importlib.util.spec_from_file_location("sage_test_train_net", REPO / "tools" / "train_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 class Spy:
     """Records which stage folders built a trainer, trained, and how many models were evaluated."""
 
@@ -107,33 +96,15 @@ class Spy:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, train_net_session):
     """``run()`` runs tools/train_net.py's ``main`` on one OUTPUT_DIR and returns the rows; the first run is done."""
     out = tmp_path_factory.mktemp("sage_pipeline")
-    logger = logging.getLogger("fastreid")
-    level = logger.level
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FASTREID_DATASETS", str(tmp_path_factory.mktemp("datasets")))
-        mp.setattr(SynthReIDBase, "default_config", TINY_DOMAIN)
-        train_net = load_train_net()
-        # default_setup would add lasting log handlers and re-seed every RNG at random; the stages' log.txt files
-        # (the pipeline's own handler) still get the INFO records
-        mp.setattr(train_net, "default_setup", lambda cfg, args: None)
-        logger.setLevel(logging.INFO)
-
+    datasets = str(tmp_path_factory.mktemp("datasets"))
+    with train_net_session(datasets, [(SynthReIDBase, "default_config", TINY_DOMAIN)]) as (main, _):
         def run_once():
-            torch.manual_seed(0)
-            np.random.seed(0)
-            random.seed(0)
-            args = default_argument_parser().parse_args(
-                ["--config-file", str(REPO / "configs" / "sage" / "demo.yml"), *opts(out)])
-            return train_net.main(args)
+            return main(REPO / "configs" / "sage" / "demo.yml", *opts(out))
 
-        first = run_once()
-        try:
-            yield out, first, run_once
-        finally:
-            logger.setLevel(level)
+        yield out, run_once(), run_once
 
 
 def stage_files(out: Path) -> dict:
@@ -258,10 +229,10 @@ def test_rerun_redoes_only_what_was_deleted(run, monkeypatch):
     assert json.loads((out / "results.json").read_text()) == rows
 
 
-def test_eval_only_reproduces_the_sage_row(run, monkeypatch):
+def test_eval_only_reproduces_the_sage_row(run, monkeypatch, train_net_loader):
     """``train_net.py --eval-only`` with the run's config rebuilds the trained stage-2 model from OUTPUT_DIR."""
     out, first, _ = run
-    train_net = load_train_net()
+    train_net = train_net_loader()
     monkeypatch.setattr(train_net, "default_setup", lambda cfg, args: None)
     args = default_argument_parser().parse_args(
         ["--config-file", str(REPO / "configs" / "sage" / "demo.yml"), "--eval-only", *opts(out)])
@@ -269,11 +240,11 @@ def test_eval_only_reproduces_the_sage_row(run, monkeypatch):
     assert {m: results[m] for m in METRICS} == pytest.approx({m: first["SAGE"][m] for m in METRICS}, abs=1e-6)
 
 
-def test_given_sources_and_experts_skip_stages_0_and_1(run, monkeypatch, tmp_path):
+def test_given_sources_and_experts_skip_stages_0_and_1(run, monkeypatch, tmp_path, train_net_loader):
     """SAGE.SOURCE_WEIGHTS / SAGE.EXPERT_DIRS from another run: nothing is trained before stage 2, and the source,
     expert and LoRA-Avg rows re-measured from the files equal the first run's (experts are portable)."""
     out, first, _ = run
-    train_net = load_train_net()
+    train_net = train_net_loader()
     monkeypatch.setattr(train_net, "default_setup", lambda cfg, args: None)
     sources = tuple(str(out / "stage0" / t / "model_final.pth") for t in TAGS)
     experts = tuple(str(out / "stage1" / t / "expert") for t in TAGS)
