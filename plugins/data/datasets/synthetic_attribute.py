@@ -18,7 +18,7 @@ from fastreid.data.datasets import DATASET_REGISTRY
 from ..synthetic import SynthConfig, generate_domain, is_current
 from .attribute_base import AttributeReIDDataset
 from .market_attribute import MARKET_ATTRIBUTES
-from .synthetic import DEFAULT_CONFIG
+from .synthetic import DEFAULT_CONFIG, SynthReIDA, SynthReIDB, SynthReIDC, SynthReIDD
 
 logger = logging.getLogger("fastreid." + __name__)
 
@@ -57,25 +57,17 @@ class SynthReIDAttrBase(AttributeReIDDataset):
                          osp.join(self.dataset_dir, "market_attribute.mat"), **kwargs)
 
 
-@DATASET_REGISTRY.register()
-class SynthReIDAttrA(SynthReIDAttrBase):
-    """Domain A (sunny street) with attributes."""
-    domain = "A"
+def _attribute_reader(plain: type) -> type:
+    """``SynthReIDAttr<D>`` for the image reader ``SynthReID<D>``: same domain, same generated images."""
+    cls = type(f"SynthReIDAttr{plain.domain}", (SynthReIDAttrBase,),
+               {"domain": plain.domain, "__module__": __name__,
+                "__doc__": f"{plain.__doc__.rstrip('.')}, read with its Market-1501 attributes."})
+    DATASET_REGISTRY.register(cls)  # (fast-reid's register returns None when called, not as a decorator)
+    return cls
 
 
-@DATASET_REGISTRY.register()
-class SynthReIDAttrB(SynthReIDAttrBase):
-    """Domain B (indoor mall) with attributes."""
-    domain = "B"
-
-
-@DATASET_REGISTRY.register()
-class SynthReIDAttrC(SynthReIDAttrBase):
-    """Domain C (overcast park) with attributes."""
-    domain = "C"
-
-
-@DATASET_REGISTRY.register()
-class SynthReIDAttrD(SynthReIDAttrBase):
-    """Domain D (night CCTV) with attributes."""
-    domain = "D"
+# registered here, one per procedural domain
+SynthReIDAttrA = _attribute_reader(SynthReIDA)
+SynthReIDAttrB = _attribute_reader(SynthReIDB)
+SynthReIDAttrC = _attribute_reader(SynthReIDC)
+SynthReIDAttrD = _attribute_reader(SynthReIDD)
