@@ -99,7 +99,9 @@ class MoSAICPipeline(CLIPReIDStagePipeline):
     # --- stages -----------------------------------------------------------------------------------------------
 
     def mosaic_cfg(self, folder: str, prompts: str, stage2: str, opts=(), include=None):
-        keys = {"CLIPREID.PROMPTS": prompts, "MODEL.WEIGHTS": os.path.join(stage2, FINAL_CHECKPOINT)}
+        # the stage's own evaluation is the oracle row; the predicted-router row is measured separately
+        keys = {"CLIPREID.PROMPTS": prompts, "MODEL.WEIGHTS": os.path.join(stage2, FINAL_CHECKPOINT),
+                "MOSAIC.ROUTER": "oracle"}
         if include is not None:
             keys["MOSAIC.INCLUDE"] = list(include)
         return self.stage_cfg(folder, list(self.cfg.MOSAIC.STAGE_OPTS) + list(opts), **keys)
