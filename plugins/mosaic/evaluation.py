@@ -22,7 +22,8 @@ __all__ = ["attribute_accuracy", "accuracy_table", "identity_entropy"]
 @torch.no_grad()
 def attribute_accuracy(model, loader) -> Dict[str, Dict[str, float]]:
     """Per study attribute: ``{"accuracy": % of annotated samples whose predicted expert set equals the oracle's,
-    "annotated": n, "majority": % of the most frequent expert set (the accuracy of always guessing it)}``."""
+    "annotated": n, "majority": % of the most frequent expert set (the accuracy of always guessing it)}``. Under
+    torch.distributed every rank must call it (the loader is sharded); every rank gets the totals."""
     schema: ExpertSchema = model.schema
     was_training = model.training
     model.eval()
@@ -43,6 +44,11 @@ def attribute_accuracy(model, loader) -> Dict[str, Dict[str, float]]:
                 patterns[k].update(tuple(r) for r in truth[rows][:, a.expert_slice].int().tolist())
     finally:
         model.train(was_training)
+    if comm.get_world_size() > 1:  # each rank saw its shard of the test loader: add the counts up
+        shards = comm.all_gather((correct, known_total, patterns))
+        correct = sum(c for c, _, _ in shards)
+        known_total = sum(k for _, k, _ in shards)
+        patterns = [sum((p[k] for _, _, p in shards), Counter()) for k in range(len(schema.attributes))]
     out = {}
     for k, a in enumerate(schema.attributes):
         n = float(known_total[k])

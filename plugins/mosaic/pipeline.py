@@ -142,9 +142,11 @@ class MoSAICPipeline(CLIPReIDStagePipeline):
         else:
             self.order.append(row)
         path = os.path.join(self.root, "attribute_accuracy.md")
-        if comm.is_main_process() and not os.path.isfile(path):
-            loader, _ = make_dataset_test_loader(mcfg, self.test_name)
-            accuracy = attribute_accuracy(model, loader)
+        if from_main(os.path.isfile(path)):
+            return
+        loader, _ = make_dataset_test_loader(mcfg, self.test_name)
+        accuracy = attribute_accuracy(model, loader)  # every rank: each holds a shard of the loader
+        if comm.is_main_process():
             with open(os.path.join(self.root, "attribute_accuracy.csv.tmp"), "w", newline="") as f:
                 w = csv.writer(f)
                 w.writerow(["attribute", "accuracy", "majority", "annotated"])

@@ -200,3 +200,23 @@ def test_golden_parameter_counts_vit_b16():
     experts = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n)
     assert experts == 35 * 12 * 2 * 16 * 768 == 10_321_920
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 10_321_920 + 768 * 35 + 35
+
+
+@torch.no_grad()
+def test_attribute_accuracy_counts_exact_expert_sets(tiny_cfg):
+    from plugins.mosaic.evaluation import attribute_accuracy
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).eval()
+    batch = tiny_batch(6)
+    batch["attributes"][5] = -1  # a distractor: annotated nowhere
+    truth = model.schema.active(batch["attributes"])
+    model.predictor.head.weight.zero_()
+    model.predictor.head.bias.copy_(truth[0].float() * 40 - 20)  # always predicts sample 0's experts
+    accuracy = attribute_accuracy(model, [batch])
+    for a in model.schema.attributes:
+        same = [bool((truth[i, a.expert_slice] == truth[0, a.expert_slice]).all()) for i in range(5)]
+        assert accuracy[a.name]["annotated"] == 5
+        assert accuracy[a.name]["accuracy"] == pytest.approx(100 * sum(same) / 5)
+    assert accuracy["gender"]["majority"] == pytest.approx(100 * max(
+        int((batch["attributes"][:5, 0] == v).sum()) for v in (0, 1)) / 5)
