@@ -19,11 +19,11 @@ from fastreid.data.datasets import DATASET_REGISTRY
 from torch import nn
 
 from ..engine.loaders import make_test_loader
+from ..engine.stages import FINAL_CHECKPOINT
 from ..tuners.expert_bank import CONFIG_NAME, WEIGHTS_NAME
 from .analysis import run_analysis
 from .builders import CLASSIFIER_KEY, build_gated_model, load_expert_model, load_model_state
 from .config import eval_model_cfg, source_tags
-from .pipeline import FINAL_CHECKPOINT
 from .trainers import EXPERT_SUBDIR
 
 __all__ = ["PipelinePaths", "pipeline_paths", "load_stage2_model", "query_loader",

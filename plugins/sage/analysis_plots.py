@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .analysis import MODULE_TYPES, Table, TypeLayerTables, block_index, module_type
+from .analysis_tables import MODULE_TYPES, Table, TypeLayerTables, block_index, module_type
 
 DPI = 120
 
