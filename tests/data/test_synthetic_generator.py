@@ -195,3 +195,23 @@ def test_identity_closer_than_other_identities(small_root):
     same = (pids[:, None] == pids[None]) & (cams[:, None] != cams[None])
     diff = pids[:, None] != pids[None]
     assert d[same].mean() < 0.75 * d[diff].mean()
+
+
+def test_orphaned_temporary_folders_of_killed_runs_are_removed(tmp_path):
+    import importlib
+    import os
+    import subprocess
+
+    gen = importlib.import_module("plugins.data.synthetic.generate")  # the package's `generate` is a function
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    host = gen._HOST
+    orphan = tmp_path / f".A.tmp-{host}-{dead.pid}-abc"
+    old = tmp_path / f".A.old-{host}-{dead.pid}-123"
+    live = tmp_path / f".A.tmp-{host}-{os.getpid()}-xyz"  # this process: still writing
+    other_host = tmp_path / f".A.tmp-otherhost-{dead.pid}-abc"  # a shared filesystem: not ours to judge
+    for folder in (orphan, old, live, other_host):
+        folder.mkdir()
+    assert sorted(gen.remove_orphans(tmp_path, "A")) == sorted([orphan, old])
+    assert live.is_dir() and other_host.is_dir() and not orphan.exists() and not old.exists()

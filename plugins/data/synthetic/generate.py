@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +30,13 @@ from .render import render
 from .writers import WRITERS
 
 logger = logging.getLogger(__name__)
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname()) or "host"
+
+
+def _owner() -> str:
+    """Host and pid in temporary folder names (at call time: forked processes have their own pid), so that the
+    folders of a killed run can be told from those of a live one."""
+    return f"{_HOST}-{os.getpid()}"
 FORMATS = tuple(WRITERS)
 MANIFEST = "manifest.json"
 
@@ -100,7 +109,8 @@ def generate_domain(root: Path | str, domain: str, cfg: SynthConfig = SynthConfi
     logger.info(f"Generating synthetic ReID domain '{domain}' into {final} (seed {cfg.seed}, "
                 f"{cfg.train_ids}+{cfg.test_ids} ids x {cfg.images_per_id} images, formats {list(formats)})")
     t0 = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
+    remove_orphans(root, final.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{_owner()}-", dir=root))
     try:
         summary = _write_domain(tmp, domain, cfg, formats, progress)
         manifest = dict(manifest_for(domain, cfg, formats), seconds=round(time.perf_counter() - t0, 2),
@@ -113,6 +123,31 @@ def generate_domain(root: Path | str, domain: str, cfg: SynthConfig = SynthConfi
     return read_manifest(final)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_orphans(root: Path, name: str) -> List[Path]:
+    """Delete the temporary folders of ``name`` (``.<name>.tmp-*`` / ``.<name>.old-*``) that a killed run of THIS
+    host left behind: their writer's pid is gone. Folders of live processes and of other hosts (a shared
+    filesystem) are left alone. Returns the folders removed."""
+    removed = []
+    pattern = re.compile(rf"^\.{re.escape(name)}\.(?:tmp|old)-{re.escape(_HOST)}-(\d+)-")
+    for path in Path(root).glob(f".{name}.*"):
+        m = pattern.match(path.name)
+        if m and path.is_dir() and not _pid_alive(int(m.group(1))):
+            logger.warning(f"removing {path}: left by an interrupted generation (process {m.group(1)} is gone)")
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def _publish(tmp: Path, final: Path, domain: str, cfg: SynthConfig, formats: Sequence[str]) -> None:
     """Atomically move ``tmp`` to ``final``; if another process published an equal folder first, keep it."""
     try:
@@ -121,7 +156,7 @@ def _publish(tmp: Path, final: Path, domain: str, cfg: SynthConfig, formats: Seq
     except OSError:
         if is_current(final, domain, cfg, formats):
             return  # a concurrent writer won the race with identical content (generation is deterministic)
-    trash = final.with_name(f".{final.name}.old-{os.getpid()}-{time.time_ns()}")
+    trash = final.with_name(f".{final.name}.old-{_owner()}-{time.time_ns()}")
     os.rename(final, trash)  # stale folder: move aside atomically, then publish ours
     try:
         os.rename(tmp, final)
