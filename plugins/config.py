@@ -14,7 +14,8 @@ from fastreid.config import get_cfg
 from .data.config import add_data_config
 from .modeling.config import add_clip_backbone_config, add_clipreid_model_config, add_vit_backbone_config
 
-__all__ = ["METHODS", "import_methods", "method_config_adders", "add_plugins_config", "setup_cfg"]
+__all__ = ["METHODS", "import_methods", "method_config_adders", "add_plugins_config", "setup_cfg",
+           "check_dataset_names"]
 
 # The methods, in one place: name -> package. Importing a package registers its components; its config.py holds
 # add_<name>_config. A new method is one line here plus its folder under plugins/ and configs/.
@@ -85,6 +86,20 @@ def setup_cfg(config_file: str = "", opts: Sequence[str] = (), *, freeze: bool =
         cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
     adjust_config_for_host(cfg)
+    check_dataset_names(cfg)
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def check_dataset_names(cfg) -> None:
+    """Every name in ``DATASETS.NAMES`` / ``DATASETS.TESTS`` is a registered reader: a misspelt test set fails here,
+    before any training, not at the final evaluation after it."""
+    from fastreid.data.datasets import DATASET_REGISTRY
+
+    known = set(DATASET_REGISTRY._obj_map)
+    for key in ("NAMES", "TESTS"):
+        unknown = [n for n in cfg.DATASETS[key] if n not in known]
+        if unknown:
+            raise KeyError(f"DATASETS.{key} names unregistered datasets {unknown}; registered: {sorted(known)}")
+

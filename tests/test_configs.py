@@ -64,3 +64,9 @@ def test_unknown_key_is_rejected(tmp_path):
     bad.write_text("MODEL:\n  NOT_A_KEY: 1\n")
     with pytest.raises(KeyError, match="NOT_A_KEY"):
         full_cfg().merge_from_file(str(bad))
+
+
+@pytest.mark.parametrize("key", ["DATASETS.NAMES", "DATASETS.TESTS"])
+def test_misspelt_dataset_fails_before_training(key):
+    with pytest.raises(KeyError, match=r"unregistered datasets \['Market15O1'\]; registered: .*'Market1501'"):
+        setup_cfg("", [key, "('Market15O1',)"])

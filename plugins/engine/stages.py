@@ -16,7 +16,8 @@ from fastreid.utils import comm
 
 from .results import metrics_of
 
-__all__ = ["DONE_FILE", "FINAL_CHECKPOINT", "from_main", "stage_log", "read_done", "write_done", "run_stage"]
+__all__ = ["DONE_FILE", "FINAL_CHECKPOINT", "from_main", "stage_log", "read_done", "write_done",
+           "repair_last_checkpoint", "run_stage"]
 
 logger = logging.getLogger("fastreid." + __name__)
 
@@ -47,12 +48,48 @@ def stage_log(directory: str):
 
 
 def read_done(directory: str) -> Optional[Dict]:
-    """The record of a completed stage folder, or None when the stage is not complete."""
+    """The record of a completed stage folder, or None when the stage is not complete. An unreadable record (a kill
+    while an older version wrote it) counts as "not complete", with a warning naming the file."""
     path = os.path.join(directory, DONE_FILE)
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        if not isinstance(record, dict) or "metrics" not in record:
+            raise ValueError("no 'metrics' in it")
+        return record
+    except (ValueError, UnicodeDecodeError) as err:  # json.JSONDecodeError is a ValueError
+        logger.warning(f"{path} is unreadable ({type(err).__name__}: {err}): the stage counts as not done and runs "
+                       f"again (resuming from its last checkpoint if it has one)")
+        return None
+
+
+def repair_last_checkpoint(directory: str) -> None:
+    """fast-reid's ``last_checkpoint`` names the checkpoint to resume from; a kill while it was written leaves it
+    empty (fast-reid then fails with "Checkpoint <dir>/ not found!"). Point it at the newest ``model_*.pth`` of
+    the folder, or remove it when there is none (the stage then starts over), with a warning naming the file."""
+    marker = os.path.join(directory, "last_checkpoint")
+    if not os.path.isfile(marker):
+        return
+    with open(marker) as f:
+        name = f.read().strip()
+    if name and os.path.isfile(os.path.join(directory, name)):
+        return
+    found = sorted((p for p in os.listdir(directory) if p.startswith("model_") and p.endswith(".pth")),
+                   key=lambda p: os.path.getmtime(os.path.join(directory, p)))
+    if comm.is_main_process():
+        if found:
+            logger.warning(f"{marker} names {name!r}, which does not exist: resuming from {found[-1]} instead")
+            tmp = marker + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(found[-1])
+            os.replace(tmp, marker)
+        else:
+            logger.warning(f"{marker} names {name!r}, which does not exist, and the folder has no checkpoint: "
+                           f"the stage starts over")
+            os.remove(marker)
+    comm.synchronize()
 
 
 def write_done(directory: str, record: Dict) -> None:
@@ -77,6 +114,7 @@ def run_stage(title: str, cfg, trainer_cls, *,
     if done is not None:
         logger.info(f"{title}: complete in {cfg.OUTPUT_DIR}, skipped")
         return done["metrics"]
+    repair_last_checkpoint(cfg.OUTPUT_DIR)
     resuming = os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
     logger.info(f"{title}: {'resuming' if resuming else 'training'} in {cfg.OUTPUT_DIR}")
     with stage_log(cfg.OUTPUT_DIR):
