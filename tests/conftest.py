@@ -23,6 +23,31 @@ def shared_data_root() -> Path:
     return Path(os.environ.get("FASTREID_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+def _tree_state(root: Path) -> dict:
+    """Names and modification times of ``root``'s first two levels (what generating a dataset there changes)."""
+    if not root.is_dir():
+        return {}
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in [*root.iterdir(), *root.glob("*/*")]}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def datasets_outside_the_repository(tmp_path_factory):
+    """Every test reads and generates procedural data under a session tmp dir, never the user's ``./datasets``
+    (fast-reid reads FASTREID_DATASETS once, at import, into ``fastreid.data.build._root``: both are set). At the
+    end, ``./datasets`` must be as the suite found it; a test that bypassed both fails the session here."""
+    import fastreid.data.build as fastreid_build
+
+    user = REPO_ROOT / "datasets"
+    before = _tree_state(user)
+    root = str(tmp_path_factory.mktemp("datasets"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FASTREID_DATASETS", root)
+        mp.setattr(fastreid_build, "_root", root)
+        yield root
+    changed = sorted(set(before.items()) ^ set(_tree_state(user).items()))
+    assert not changed, f"the test suite changed {user}: {changed[:5]}"
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Root of the real dataset samples; skips the test when it is not available."""
