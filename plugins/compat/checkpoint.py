@@ -42,8 +42,9 @@ def load_checkpoint_file(path: str) -> dict:
     except pickle.UnpicklingError as err:
         raise UnsafeCheckpointError(
             f"Refusing to unpickle checkpoint '{path}': it contains objects that are not tensors or plain data, "
-            f"and loading it would run arbitrary code. Re-save only its state_dict (tensors), or convert it with "
-            f"tools/convert_checkpoint.py. torch said: {str(err).splitlines()[0]}") from None
+            f"and loading it would run arbitrary code. Re-save only its state_dict (tensors) where you trust the "
+            f"file (torch.save(obj['model'] or obj.state_dict(), ...)), or use tools/convert_weights.py for the official "
+            f"formats it knows. torch said: {str(err).splitlines()[0]}") from None
     if not isinstance(obj, dict):
         raise UnsafeCheckpointError(f"Checkpoint '{path}' holds a {type(obj).__name__}, expected a dict")
     if "model" not in obj:

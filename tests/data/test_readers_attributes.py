@@ -136,6 +136,9 @@ def test_attribute_mat_errors(tmp_path):
     _write_mat(p, "market_attribute", {"train": dict(good, gender=np.array([[1, 3]], np.uint8)), "test": good})
     with pytest.raises(ValueError, match=r"train\.gender of identity 0003 is 3"):
         load_attribute_mat(p, "market_attribute", specs)
+    _write_mat(p, "market_attribute", {"train": dict(good, hair=np.array([[2.0, np.nan]])), "test": good})
+    with pytest.raises(ValueError, match=r"train\.hair of identity 0003 is nan: attribute values must be whole"):
+        load_attribute_mat(p, "market_attribute", specs)  # was read as -9223372036854775808
     _write_mat(p, "market_attribute", {"train": good})
     with pytest.raises(KeyError, match="no split 'test'"):
         load_attribute_mat(p, "market_attribute", specs)

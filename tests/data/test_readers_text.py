@@ -128,6 +128,10 @@ def test_icfg_pedes_tmp_tree(tmp_path):
     ({"split": "train", "captions": ["x"], "file_path": "", "id": 3}, "record 1: 'file_path' must be"),
     ({"captions": ["x"], "file_path": "a.jpg", "id": 3}, "record 1: missing key 'split'"),
     (["not", "a", "dict"], "record 1: expected an object"),
+    ({"split": "train", "captions": ["x"], "file_path": "/etc/passwd", "id": 3}, "record 1: 'file_path' '/etc/passwd' "
+                                                                                 "points outside"),
+    ({"split": "train", "captions": ["x"], "file_path": "../../x.jpg", "id": 3}, "record 1: 'file_path' "
+                                                                                "'../../x.jpg' points outside"),
 ])
 def test_malformed_records(tmp_path, record, message):
     good = {"split": "train", "captions": ["x"], "file_path": "a.jpg", "id": 1}
@@ -147,4 +151,7 @@ def test_bad_annotation_files(tmp_path):
         CUHKPEDES(root=str(tmp_path))
     (tmp_path / "CUHK-PEDES" / "reid_raw.json").write_text('{"split": "train"}')
     with pytest.raises(ValueError, match="must hold a JSON list"):
+        CUHKPEDES(root=str(tmp_path))
+    (tmp_path / "CUHK-PEDES" / "reid_raw.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"reid_raw\.json' holds no records"):
         CUHKPEDES(root=str(tmp_path))

@@ -95,7 +95,13 @@ def load_attribute_mat(path: str, struct_name: str, specs: Sequence[AttributeSpe
             col = _column(table, spec.name, where)
             if col.shape[0] != len(ids):
                 raise ValueError(f"{where}.{spec.name} has {col.shape[0]} values for {len(ids)} identities")
-            columns.append(col.astype(np.int64))
+            numeric = np.asarray(col, dtype=np.float64) if col.dtype.kind in "fiub" else None
+            if numeric is None or not np.all(np.isfinite(numeric)) or np.any(numeric != np.round(numeric)):
+                bad_at = 0 if numeric is None else int(np.flatnonzero(~np.isfinite(numeric)
+                                                                     | (numeric != np.round(numeric)))[0])
+                raise ValueError(f"{where}.{spec.name} of identity {ids[bad_at]:04d} is {col[bad_at]}: "
+                                 f"attribute values must be whole numbers")
+            columns.append(numeric.astype(np.int64))
         raw = np.stack(columns, axis=1) if columns else np.zeros((len(ids), 0), np.int64)
         bad = ~(((raw >= 1) & (raw <= num_values)) | (raw == 0))
         if bad.any():

@@ -56,6 +56,8 @@ def _as_id(value: Any, where: str) -> int:
 def parse_text_records(records: Sequence, *, path_key: str, id_base: int, splits: Sequence[str],
                        source: str) -> list[TextImageRecord]:
     """Validate raw JSON records; every error names ``source`` and the record index (and key)."""
+    if not records:
+        raise ValueError(f"{source} holds no records (an empty list)")
     out = []
     for k, rec in enumerate(records):
         where = f"{source} record {k}"
@@ -74,6 +76,10 @@ def parse_text_records(records: Sequence, *, path_key: str, id_base: int, splits
         path = rec[path_key]
         if not isinstance(path, str) or not path:
             raise ValueError(f"{where}: '{path_key}' must be a non-empty relative path, got {path!r}")
+        normalised = osp.normpath(path)
+        if osp.isabs(path) or normalised == ".." or normalised.startswith(".." + osp.sep):
+            raise ValueError(f"{where}: '{path_key}' {path!r} points outside the dataset's imgs/ folder (paths are "
+                             f"relative to imgs/)")
         pid = _as_id(rec["id"], where) - id_base
         if pid < 0:
             raise ValueError(f"{where}: id {rec['id']} is below the dataset's first id {id_base}")
