@@ -8,6 +8,7 @@ into an error that names the file. There is deliberately no unsafe fallback.
 from __future__ import annotations
 
 import inspect
+import os
 import pickle
 
 import numpy as np
@@ -18,6 +19,10 @@ from .base import Patch
 
 class UnsafeCheckpointError(RuntimeError):
     """A checkpoint holds objects other than tensors and plain data, so it is not unpickled."""
+
+
+class CheckpointFormatError(ValueError):
+    """A file given as a checkpoint is not a torch checkpoint at all (empty, text, truncated)."""
 
 
 def _safe_globals() -> list:
@@ -45,6 +50,14 @@ def load_checkpoint_file(path: str) -> dict:
             f"and loading it would run arbitrary code. Re-save only its state_dict (tensors) where you trust the "
             f"file (torch.save(obj['model'] or obj.state_dict(), ...)), or use tools/convert_weights.py for the official "
             f"formats it knows. torch said: {str(err).splitlines()[0]}") from None
+    except (EOFError, KeyError, IndexError, RuntimeError, ValueError) as err:
+        # what torch raises for an empty, text or truncated file (EOFError, KeyError 101, "pop from empty list",
+        # "PytorchStreamReader failed ...") says nothing about the file
+        size = os.path.getsize(path) if os.path.isfile(path) else None
+        if size is None:
+            raise FileNotFoundError(f"checkpoint '{path}' does not exist") from None
+        raise CheckpointFormatError(f"'{path}' ({size} bytes) is not a readable torch checkpoint (empty, text or "
+                                    f"truncated?): {type(err).__name__}: {err}") from None
     if not isinstance(obj, dict):
         raise UnsafeCheckpointError(f"Checkpoint '{path}' holds a {type(obj).__name__}, expected a dict")
     if "model" not in obj:

@@ -207,3 +207,14 @@ def test_third_party_readme_lists_every_patch():
     text = readme.read_text()
     missing = [p.name for p in IMPORT_PATCHES + runtime_patches() if p.name not in text]
     assert not missing, f"third_party/README.md does not mention patches {missing}"
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not a checkpoint", b"PK\x03\x04truncated zip"])
+def test_non_checkpoint_files_fail_naming_the_file(tmp_path, content):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(checkpoint.CheckpointFormatError,
+                       match=rf"'{path}' \({len(content)} bytes\) is not a readable torch checkpoint"):
+        checkpoint.load_checkpoint_file(str(path))
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        checkpoint.load_checkpoint_file(str(tmp_path / "missing.pth"))
