@@ -32,6 +32,22 @@ _PATTERN = re.compile(r"([-\d]+)_c(\d)")
 DEFAULT_CONFIG = SynthConfig()
 
 
+def prepare_domain(reader: str, root: str, domain: str, cfg: SynthConfig, seed: int | None,
+                   formats=("market",)) -> tuple:
+    """``(config, folder)`` of a procedural domain under ``<root>/synthreid/<domain>``, generated (once, atomically)
+    when it is missing, stale or lacks ``formats``; ``seed`` overrides the config's. ``reader`` names the caller in
+    the log."""
+    if seed is not None:
+        cfg = SynthConfig(**dict(cfg.to_dict(), seed=int(seed)))
+    base = osp.join(root, "synthreid")
+    folder = osp.join(base, domain)
+    if not is_current(folder, domain, cfg, formats):
+        logger.info(f"{reader}: generating synthetic domain '{domain}' ({', '.join(formats)}) into {folder} "
+                    f"(seed {cfg.seed}; done once, reused afterwards)")
+        generate_domain(base, domain, cfg, formats=formats, progress=True)
+    return cfg, folder
+
+
 class SynthReIDBase(ImageDataset):
     """Market-layout reader for one synthetic domain; generates the folder when it is missing or stale."""
 
@@ -43,17 +59,10 @@ class SynthReIDBase(ImageDataset):
                  **kwargs):
         if not self.domain:
             raise TypeError("SynthReIDBase is abstract: use SynthReIDA / SynthReIDB / SynthReIDC / SynthReIDD")
-        cfg = config or self.default_config
-        if seed is not None:
-            cfg = SynthConfig(**dict(cfg.to_dict(), seed=int(seed)))
         self.root = root
         self.dataset_name = f"synthreid{self.domain.lower()}"
-        base = osp.join(root, "synthreid")
-        self.dataset_dir = osp.join(base, self.domain)
-        if not is_current(self.dataset_dir, self.domain, cfg, ("market",)):
-            logger.info(f"{type(self).__name__}: generating synthetic domain '{self.domain}' into "
-                        f"{self.dataset_dir} (seed {cfg.seed}; done once, reused afterwards)")
-            generate_domain(base, self.domain, cfg, formats=("market",), progress=True)
+        _, self.dataset_dir = prepare_domain(type(self).__name__, root, self.domain, config or self.default_config,
+                                             seed)
         self.train_dir = osp.join(self.dataset_dir, "bounding_box_train")
         self.query_dir = osp.join(self.dataset_dir, "query")
         self.gallery_dir = osp.join(self.dataset_dir, "bounding_box_test")

@@ -10,17 +10,14 @@ same distractor / junk policies. The images are those of ``SynthReIDA`` .. ``D``
 """
 from __future__ import annotations
 
-import logging
 import os.path as osp
 
 from fastreid.data.datasets import DATASET_REGISTRY
 
-from ..synthetic import SynthConfig, generate_domain, is_current
+from ..synthetic import SynthConfig
 from .attribute_base import AttributeReIDDataset
 from .market_attribute import MARKET_ATTRIBUTES
-from .synthetic import DEFAULT_CONFIG, SynthReIDA, SynthReIDB, SynthReIDC, SynthReIDD
-
-logger = logging.getLogger("fastreid." + __name__)
+from .synthetic import DEFAULT_CONFIG, SynthReIDA, SynthReIDB, SynthReIDC, SynthReIDD, prepare_domain
 
 FORMATS = ("market", "market_attribute")
 
@@ -40,18 +37,11 @@ class SynthReIDAttrBase(AttributeReIDDataset):
                  **kwargs):
         if not self.domain:
             raise TypeError("SynthReIDAttrBase is abstract: use SynthReIDAttrA .. SynthReIDAttrD")
-        cfg = config or self.default_config
-        if seed is not None:
-            cfg = SynthConfig(**dict(cfg.to_dict(), seed=int(seed)))
         self.root = root
         self.dataset_name = f"synthreidattr{self.domain.lower()}"
+        cfg, self.dataset_dir = prepare_domain(type(self).__name__, root, self.domain,
+                                               config or self.default_config, seed, FORMATS)
         self.num_cameras = cfg.num_cameras
-        base = osp.join(root, "synthreid")
-        self.dataset_dir = osp.join(base, self.domain)
-        if not is_current(self.dataset_dir, self.domain, cfg, FORMATS):
-            logger.info(f"{type(self).__name__}: generating synthetic domain '{self.domain}' with attributes into "
-                        f"{self.dataset_dir} (seed {cfg.seed}; done once, reused afterwards)")
-            generate_domain(base, self.domain, cfg, formats=FORMATS, progress=True)
         super().__init__(osp.join(self.dataset_dir, "bounding_box_train"), osp.join(self.dataset_dir, "query"),
                          osp.join(self.dataset_dir, "bounding_box_test"),
                          osp.join(self.dataset_dir, "market_attribute.mat"), **kwargs)
