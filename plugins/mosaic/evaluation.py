@@ -4,11 +4,11 @@ attribute carries on a test set (its entropy over the identities: the ground tru
 against on data whose identities are drawn from independent attributes, as the procedural data's are)."""
 from __future__ import annotations
 
-import math
 from collections import Counter
 from typing import Dict, Sequence
 
 import torch
+from scipy.stats import entropy
 from fastreid.utils import comm
 from tabulate import tabulate
 from tqdm import tqdm
@@ -83,7 +83,6 @@ def identity_entropy(items: Sequence[tuple], schema: ExpertSchema) -> Dict[str, 
     out = {}
     for k, a in enumerate(schema.attributes):
         rows = active[known[:, k]][:, a.expert_slice].int().tolist()
-        counts = Counter(tuple(r) for r in rows)
-        n = sum(counts.values())
-        out[a.name] = -sum(c / n * math.log2(c / n) for c in counts.values()) if n else 0.0
+        counts = list(Counter(tuple(r) for r in rows).values())
+        out[a.name] = float(entropy(counts, base=2)) if counts else 0.0
     return out

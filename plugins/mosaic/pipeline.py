@@ -35,6 +35,7 @@ from ..engine.stages import FINAL_CHECKPOINT, from_main, run_stage
 from ..registry import TRAINER_REGISTRY
 from .config import SWEEP_MODES
 from .evaluation import accuracy_table, attribute_accuracy, identity_entropy
+from .importance_report import write_text
 from .meta_arch import MoSAIC
 from .sweep import SweepTable, compare_modes, inclusion_configurations, run_sweep, safe_name
 from .trainers import MoSAICTrainer, check_mosaic_cfg
@@ -42,6 +43,10 @@ from .trainers import MoSAICTrainer, check_mosaic_cfg
 __all__ = ["MoSAICPipeline", "load_mosaic"]
 
 logger = logging.getLogger("fastreid." + __name__)
+
+
+def _write_text(path: str, text: str) -> None:
+    write_text(text, path)  # atomic: a killed run never leaves a half-written report
 
 MIN_CONFIGURATIONS = 3  # below this a sweep's table is written but not analysed (no variance to explain)
 
@@ -62,13 +67,6 @@ def load_mosaic(cfg, path: str) -> MoSAIC:
         raise KeyError(f"'{path}' does not fit this MoSAIC config: missing {missing[:4]}, unexpected "
                        f"{unexpected[:4]} (another dataset, LAST_K or policy?)")
     return model.eval()
-
-
-def _write(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 @TRAINER_REGISTRY.register()
@@ -147,15 +145,12 @@ class MoSAICPipeline(CLIPReIDStagePipeline):
         loader, _ = make_dataset_test_loader(mcfg, self.test_name)
         accuracy = attribute_accuracy(model, loader)  # every rank: each holds a shard of the loader
         if comm.is_main_process():
-            with open(os.path.join(self.root, "attribute_accuracy.csv.tmp"), "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["attribute", "accuracy", "majority", "annotated"])
-                for name, v in accuracy.items():
-                    w.writerow([name, f"{v['accuracy']:.2f}", f"{v['majority']:.2f}", int(v["annotated"])])
-            os.replace(os.path.join(self.root, "attribute_accuracy.csv.tmp"),
-                       os.path.join(self.root, "attribute_accuracy.csv"))
+            rows = [f"{name},{v['accuracy']:.2f},{v['majority']:.2f},{int(v['annotated'])}"
+                    for name, v in accuracy.items()]
+            _write_text(os.path.join(self.root, "attribute_accuracy.csv"),
+                        "\n".join(["attribute,accuracy,majority,annotated", *rows]) + "\n")
             table = accuracy_table(accuracy)
-            _write(path, f"# Attribute head on {self.test_name} (query + gallery): predicted expert set == "
+            _write_text(path, f"# Attribute head on {self.test_name} (query + gallery): predicted expert set == "
                          f"oracle's\n\n{table}\n")
             logger.info(f"attribute head accuracy on {self.test_name}:\n{table}")
 
@@ -200,7 +195,7 @@ class MoSAICPipeline(CLIPReIDStagePipeline):
         s = self.cfg.MOSAIC.SWEEP
         analysed = {}
         for mode, table in tables.items():
-            _write(os.path.splitext(table.path)[0] + ".md",
+            _write_text(os.path.splitext(table.path)[0] + ".md",
                    f"# Inclusion sweep ({mode} mode) on {self.test_name}\n\n{table.markdown()}\n")
             folder = os.path.join(self.root, "importance" if mode == "test" else "importance_retrain")
             if len(table.rows) < MIN_CONFIGURATIONS:
@@ -212,12 +207,12 @@ class MoSAICPipeline(CLIPReIDStagePipeline):
                     seed=int(s.SEED), n_estimators=int(s.N_ESTIMATORS), n_repeats=int(s.N_REPEATS))
         if len(tables) == 2:
             cmp = compare_modes(tables["test"], tables["retrain"])
-            _write(os.path.join(self.root, "sweep_modes.md"), _modes_text(cmp))
+            _write_text(os.path.join(self.root, "sweep_modes.md"), _modes_text(cmp))
         if analysed:
             entropy = identity_entropy(dataset_items([self.test_name], "query")
                                        + dataset_items([self.test_name], "gallery"), model.schema)
             folder = analysed.get("test") or analysed["retrain"]
-            _write(os.path.join(self.root, "entropy_vs_importance.md"), _entropy_text(entropy, folder, self.test_name))
+            _write_text(os.path.join(self.root, "entropy_vs_importance.md"), _entropy_text(entropy, folder, self.test_name))
 
 
 def _modes_text(cmp: Dict[str, float]) -> str:

@@ -16,6 +16,7 @@ counts. ``no_value="expert"`` adds one "no colour" expert per colour group (37 /
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -198,7 +199,7 @@ def build_schema(specs: Sequence[AttributeSpec], policy: ExpertPolicy = ExpertPo
             if kind != MULTICLASS or any(len(specs[i].values) != 2 for i in cols):
                 raise ValueError(f"attribute group '{group}' has {len(cols)} fields: only multiclass groups of "
                                  f"binary fields (colours) may")
-            prefix = _common_prefix([specs[i].name for i in cols])
+            prefix = os.path.commonprefix([specs[i].name for i in cols])
             experts = tuple(specs[i].name[len(prefix):] or specs[i].name for i in cols)
             if policy.no_value == "expert":
                 experts += ("no_value",)
@@ -212,11 +213,3 @@ def build_schema(specs: Sequence[AttributeSpec], policy: ExpertPolicy = ExpertPo
         attributes.append(StudyAttribute(group, kind, SUPERCATEGORIES[group], tuple(cols), experts, offset, exclusive))
         offset += len(experts)
     return ExpertSchema(attributes, len(specs), policy)
-
-
-def _common_prefix(names: Sequence[str]) -> str:
-    prefix = names[0]
-    for n in names[1:]:
-        while not n.startswith(prefix):
-            prefix = prefix[:-1]
-    return prefix
