@@ -78,11 +78,14 @@ class SAGEPipeline:
 
     # --- fast-reid entry-point interface (tools/train_net.py) ---------------------------------------------------
 
+    # --eval-only rebuilds the trained model from OUTPUT_DIR (plugins.engine.eval_only): no MODEL.WEIGHTS on top
+    BUILDS_TRAINED_MODEL = True
+
     @classmethod
     def build_model(cls, cfg):
         """``--eval-only``: this run's trained stage-2 model (gate ``SAGE.GATE.KIND``): sources and experts from
         ``OUTPUT_DIR`` (or ``SAGE.SOURCE_WEIGHTS`` / ``SAGE.EXPERT_DIRS``), gates and neck from
-        ``stage2/<gate>/model_final.pth``. A ``MODEL.WEIGHTS`` file is then loaded over it by train_net."""
+        ``stage2/<gate>/model_final.pth`` (train_net refuses a ``MODEL.WEIGHTS`` that would be loaded over it)."""
         from .analysis_io import load_stage2_model, pipeline_paths
 
         return load_stage2_model(eval_model_cfg(cfg), pipeline_paths(cfg, gate=cfg.SAGE.GATE.KIND))
