@@ -39,17 +39,37 @@ def _safe_globals() -> list:
     return allowed
 
 
+_TORCH_LOAD = torch.load  # torch's own, before the process-wide pin below
+
+
+def _refusal(path, err: Exception) -> UnsafeCheckpointError:
+    return UnsafeCheckpointError(
+        f"Refusing to unpickle checkpoint '{path}': it contains objects that are not tensors or plain data, "
+        f"and loading it would run arbitrary code. Re-save only its state_dict (tensors) where you trust the "
+        f"file (torch.save(obj['model'] or obj.state_dict(), ...)), or use tools/convert_weights.py for the official "
+        f"formats it knows. torch said: {str(err).splitlines()[0]}")
+
+
+def weights_only_load(f, map_location=None, pickle_module=None, *, weights_only=None, **kwargs):
+    """``torch.load`` that always reads with ``weights_only=True`` (the plain-data allow-list included), whatever
+    the caller passes and whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says; a refusal raises
+    :class:`UnsafeCheckpointError` naming the file. Installed as ``torch.load`` process-wide, so fast-reid's
+    backbone loaders (``MODEL.BACKBONE.PRETRAIN_PATH``), timm and every other library read checkpoints safely."""
+    if pickle_module is not None:
+        raise UnsafeCheckpointError(f"Refusing to load '{f}' with a custom pickle module")
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            return _TORCH_LOAD(f, map_location=map_location, weights_only=True, **kwargs)
+    except pickle.UnpicklingError as err:
+        raise _refusal(f, err) from None
+
+
 def load_checkpoint_file(path: str) -> dict:
     """Load ``path`` on CPU with ``weights_only=True``; fail with a message naming the file otherwise."""
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
-            obj = torch.load(path, map_location=torch.device("cpu"), weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise UnsafeCheckpointError(
-            f"Refusing to unpickle checkpoint '{path}': it contains objects that are not tensors or plain data, "
-            f"and loading it would run arbitrary code. Re-save only its state_dict (tensors) where you trust the "
-            f"file (torch.save(obj['model'] or obj.state_dict(), ...)), or use tools/convert_weights.py for the official "
-            f"formats it knows. torch said: {str(err).splitlines()[0]}") from None
+        obj = weights_only_load(path, map_location=torch.device("cpu"))
+    except UnsafeCheckpointError:
+        raise
     except (EOFError, KeyError, IndexError, RuntimeError, ValueError) as err:
         # what torch raises for an empty, text or truncated file (EOFError, KeyError 101, "pop from empty list",
         # "PytorchStreamReader failed ...") says nothing about the file
@@ -83,7 +103,19 @@ def _pin_weights_only() -> None:
     Checkpointer._load_file = _load_file
 
 
+def _torch_load_not_pinned() -> bool:
+    return torch.load is not weights_only_load
+
+
+def _pin_torch_load() -> None:
+    torch.load = weights_only_load
+
+
 PATCHES = [
+    Patch("torch_load_weights_only",
+          "fast-reid's backbone loaders (PRETRAIN_PATH) call torch.load without weights_only: with "
+          "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (or torch < 2.6) a hostile pickle runs its payload",
+          _torch_load_not_pinned, _pin_torch_load, stage="runtime"),
     Patch("checkpoint_weights_only",
           "Checkpointer._load_file calls torch.load without weights_only (unsafe, or UnpicklingError on torch>=2.6)",
           _loader_not_pinned, _pin_weights_only, stage="runtime"),
