@@ -86,6 +86,20 @@ def load_checkpoint_file(path: str) -> dict:
     return obj
 
 
+def read_safetensors(path: str) -> dict:
+    """All tensors of a ``.safetensors`` file on CPU; a missing, truncated or foreign file fails naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"safetensors file '{path}' does not exist")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointFormatError(f"'{path}' ({os.path.getsize(path)} bytes) is not a readable safetensors file "
+                                    f"(truncated or another format?): {err}") from None
+
+
 def _loader_not_pinned() -> bool:
     from fastreid.utils.checkpoint import Checkpointer
 

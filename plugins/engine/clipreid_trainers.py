@@ -21,11 +21,11 @@ from fastreid.data.common import CommDataset
 from fastreid.engine import DefaultTrainer
 from fastreid.modeling import build_model
 from fastreid.utils import comm
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from timm.scheduler import CosineLRScheduler
 from tqdm import tqdm
 
-from ..compat.checkpoint import load_checkpoint_file
+from ..compat.checkpoint import load_checkpoint_file, read_safetensors
 from ..data.mapper import build_extras_dataset
 from ..modeling.losses import supervised_contrastive_loss
 from ..modeling.meta_arch.clipreid import CLIPReID
@@ -57,7 +57,7 @@ def load_prompts(model: CLIPReID, path: str) -> None:
     """Load a stage-1 ``prompt_learner.safetensors`` into ``model.prompt_learner``; fails naming the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"CLIPREID.PROMPTS '{path}' does not exist (stage 1's {PROMPTS_FILE})")
-    state = load_file(path)
+    state = read_safetensors(path)
     own = model.prompt_learner.state_dict()
     bad = [f"{k} {tuple(state[k].shape) if k in state else 'missing'} vs model {tuple(v.shape)}"
            for k, v in own.items() if k not in state or state[k].shape != v.shape]
@@ -144,7 +144,7 @@ class CLIPReIDPromptTrainer:
         path = os.path.join(self.cfg.OUTPUT_DIR, FEATURES_FILE)
         n = len(self.train_set)
         if os.path.isfile(path):
-            cached = load_file(path)
+            cached = read_safetensors(path)
             if cached["features"].shape[0] == n:
                 logger.info(f"stage 1: {n} cached image features read from {path}")
                 return cached["features"], cached["labels"]

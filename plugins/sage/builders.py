@@ -14,10 +14,10 @@ from typing import Dict, List, Sequence
 
 import torch
 from fastreid.modeling import build_model
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from ..compat.checkpoint import load_checkpoint_file
+from ..compat.checkpoint import load_checkpoint_file, read_safetensors
 from ..layers.gated_lora import GatedLoRALinear
 from ..tuners.expert_bank import LoRAExpert, load_expert, load_expert_into, lora_factors, save_expert, trained_biases
 from ..tuners.inject import inject_lora
@@ -60,7 +60,7 @@ def load_model_state(path: str) -> Dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     if path.endswith(".safetensors"):
-        return load_file(path)
+        return read_safetensors(path)
     return load_checkpoint_file(path)["model"]
 
 
@@ -123,7 +123,7 @@ def save_expert_with_neck(model: nn.Module, directory: str) -> None:
 
 def _load_neck(directory: str) -> Dict[str, torch.Tensor] | None:
     path = os.path.join(directory, NECK_FILE)
-    return load_file(path) if os.path.isfile(path) else None
+    return read_safetensors(path) if os.path.isfile(path) else None
 
 
 def _set_neck(model: nn.Module, neck: Dict[str, torch.Tensor], what: str) -> None:
@@ -144,6 +144,9 @@ def load_expert_model(cfg, source_weights: str, expert_dir: str) -> nn.Module:
     neck = _load_neck(expert_dir)
     if neck is not None:
         _set_neck(model, neck, os.path.join(expert_dir, NECK_FILE))
+    else:
+        logger.info(f"expert folder {expert_dir!r} has no {NECK_FILE}: the expert keeps its source's BNNeck "
+                    f"({source_weights})")
     for p in model.parameters():
         p.requires_grad_(False)
     return model
@@ -172,7 +175,8 @@ def build_merged_base(cfg, source_weights: Sequence[str], expert_dirs: Sequence[
     if all(n is not None for n in necks):
         _set_neck(model, mean_state_dict(necks), "the mean of the expert necks")
     else:
-        logger.info("some expert folders have no %s: the merged model keeps the sources' mean BNNeck", NECK_FILE)
+        lacking = [d for d, n in zip(expert_dirs, necks) if n is None]
+        logger.info(f"expert folders {lacking} have no {NECK_FILE}: the merged model keeps the sources' mean BNNeck")
     biases = [trained_biases(e) for e in experts]
     if any(biases):
         load_mean_biases(vit_of(model), biases)

@@ -5,7 +5,12 @@ unlabelled target pool (stages 1 and 2) and ``DATASETS.TESTS`` the target evalua
 The rest of the config (model, input, losses, solver) is the stage-0 source recipe; ``SAGE.STAGE<i>_OPTS``
 override it per stage with fast-reid's ``KEY VALUE`` list syntax (e.g. ``["SOLVER.MAX_EPOCH", "70"]``).
 """
+import logging
+import os
+
 from fastreid.config import CfgNode as CN
+
+logger = logging.getLogger("fastreid." + __name__)
 
 # Every results row the pipeline can produce besides the source models, the single experts and SAGE itself.
 BASELINES = ("lora_avg", "task_arithmetic", "ties", "dare", "knots", "tsv_merge", "lorahub", "mole")
@@ -111,6 +116,12 @@ def source_tags(cfg) -> tuple[list, list]:
         given = list(s.get(key))
         if given and len(given) != len(sources):
             raise ValueError(f"SAGE.{key} has {len(given)} entries for {len(sources)} SAGE.SOURCES")
+        seen = {}
+        for k, path in enumerate(given):
+            first = seen.setdefault(os.path.realpath(path), k)
+            if first != k:
+                logger.warning(f"SAGE.{key}[{k}] and [{first}] are the same file/folder {path!r}: sources "
+                               f"{sources[first]} and {sources[k]} would share one {key.lower()[:-1]}")
     return sources, tags
 
 

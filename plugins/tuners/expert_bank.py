@@ -12,9 +12,10 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from ..compat.checkpoint import read_safetensors
 from .inject import LoRAFactors
 
 CONFIG_NAME = "adapter_config.json"
@@ -58,17 +59,45 @@ def load_expert(directory: str, *, name: Optional[str] = None) -> LoRAExpert:
         extra = " (found a pickled adapter_model.bin, which is not loaded: convert it to safetensors)" \
             if os.path.isfile(os.path.join(directory, "adapter_model.bin")) else ""
         raise FileNotFoundError(f"expert folder {directory!r} has no {WEIGHTS_NAME}{extra}")
-    with open(config_path) as f:
-        raw = json.load(f)
-    if raw.get("peft_type") != "LORA":
-        raise ValueError(f"{config_path}: peft_type is {raw.get('peft_type')!r}, expected 'LORA'")
-    config = LoraConfig.from_pretrained(directory)
-    tensors = load_file(weights_path)
+    try:
+        with open(config_path) as f:
+            raw = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_path} is not valid JSON: {err}") from None
+    if not isinstance(raw, dict) or raw.get("peft_type") != "LORA":
+        found = raw.get("peft_type") if isinstance(raw, dict) else type(raw).__name__
+        raise ValueError(f"{config_path}: peft_type is {found!r}, expected 'LORA'")
+    try:
+        config = LoraConfig.from_pretrained(directory)
+    except (TypeError, ValueError) as err:  # unknown / ill-typed fields
+        raise ValueError(f"{config_path} is not a valid peft LoraConfig: {err}") from None
+    for field, ok in (("r", isinstance(config.r, int) and config.r > 0),
+                      ("lora_alpha", isinstance(config.lora_alpha, (int, float)))):
+        if not ok:  # peft accepts any value here and fails later, far from the file
+            raise ValueError(f"{config_path}: {field} is {getattr(config, field)!r}, expected a positive number")
+    tensors = read_safetensors(weights_path)
     bad = [k for k in tensors if not k.startswith(PEFT_PREFIX)]
     if bad:
         raise ValueError(f"{weights_path}: keys without the peft prefix {PEFT_PREFIX!r}: {bad[:3]}")
     tensors = {k[len(PEFT_PREFIX):]: v for k, v in tensors.items()}
+    _check_rank(tensors, config, directory)
     return LoRAExpert(name=name or os.path.basename(os.path.normpath(directory)), config=config, tensors=tensors)
+
+
+def _check_rank(tensors: Mapping[str, torch.Tensor], config: LoraConfig, directory: str) -> None:
+    """Every factor has the rank its own ``adapter_config.json`` states (lora_A (r, d_in), lora_B (d_out, r))."""
+    if config.rank_pattern:
+        return  # per-module ranks: checked against the model when loaded
+    for key, t in tensors.items():
+        if key.endswith("lora_A.weight"):
+            rank = t.shape[0] if t.dim() == 2 else None
+        elif key.endswith("lora_B.weight"):
+            rank = t.shape[1] if t.dim() == 2 else None
+        else:
+            continue
+        if rank != config.r:
+            raise KeyError(f"expert {directory!r}: {key} has shape {tuple(t.shape)} but its {CONFIG_NAME} says "
+                           f"r = {config.r}")
 
 
 def load_expert_into(model: nn.Module, directory: str, *, adapter_name: str = "default") -> LoRAExpert:
@@ -78,7 +107,12 @@ def load_expert_into(model: nn.Module, directory: str, *, adapter_name: str = "d
     was_training = model.training
     inject_adapter_in_model(expert.config, model, adapter_name=adapter_name)
     model.train(was_training)  # new dropout modules follow the model's train/eval mode
-    result = set_peft_model_state_dict(model, expert.tensors, adapter_name=adapter_name)
+    try:
+        result = set_peft_model_state_dict(model, expert.tensors, adapter_name=adapter_name)
+    except RuntimeError as err:  # torch's size-mismatch report: one line per tensor; name the folder first
+        lines = [ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln]
+        raise KeyError(f"expert {directory!r} does not fit the model: {len(lines)} tensors of another width, "
+                       f"e.g. {lines[0] if lines else str(err).splitlines()[0]}") from None
     missing = [k for k in result.missing_keys if f".{adapter_name}." in k and "lora_" in k]
     if missing or result.unexpected_keys:
         raise KeyError(f"expert {directory!r} does not fit the model: missing {missing[:3]}, "

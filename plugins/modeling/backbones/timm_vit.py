@@ -87,9 +87,9 @@ def load_pretrained_vit(vit: nn.Module, path: str) -> None:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MODEL.BACKBONE.PRETRAIN_PATH {path!r} does not exist")
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+        from ...compat.checkpoint import read_safetensors
 
-        state = load_file(path)
+        state = read_safetensors(path)
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         for key in ("model", "state_dict"):

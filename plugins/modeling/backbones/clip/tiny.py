@@ -40,6 +40,7 @@ from open_clip.loss import ClipLoss
 from open_clip.model import CLIP
 from tqdm import tqdm
 
+from ....compat.checkpoint import read_safetensors
 from .text_encoder import CLIPTextEncoder
 from .tiny_eval import PIXEL_MEAN, PIXEL_STD, normalise, reid_map_of, text_to_image_recall
 
@@ -413,10 +414,8 @@ def _publish(tmp: Path, final: Path, force: bool) -> None:
 
 def load_tiny_clip(path: str) -> CLIP:
     """The tiny CLIP with the weights of ``path`` (a file from :func:`tiny_clip_weights`), in eval mode."""
-    from safetensors.torch import load_file
-
     model = build_tiny_clip()
-    model.load_state_dict(load_file(path), strict=True)
+    model.load_state_dict(read_safetensors(path), strict=True)
     return model.eval()
 
 

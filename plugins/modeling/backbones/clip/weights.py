@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ....compat.checkpoint import load_checkpoint_file
+from ....compat.checkpoint import load_checkpoint_file, read_safetensors
 
 __all__ = ["read_state_dict", "strip_prefix", "resize_positional_embedding", "fit_visual_positional_embedding",
            "load_state_strict", "load_clip_weights"]
@@ -50,9 +50,8 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"CLIP weights file '{path}' does not exist")
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
 
-        state = load_file(path)
+        state = read_safetensors(path)
     elif _is_torchscript(path):
         state = torch.jit.load(path, map_location="cpu").state_dict()
     else:
