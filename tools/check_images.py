@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence
 
 from PIL import Image
 from tabulate import tabulate

@@ -71,7 +71,6 @@ def test_check_images_tool_on_a_config(tmp_path, capsys, datasets_outside_the_re
 def test_crash_in_final_evaluation_keeps_model_final(tmp_path, train_net_session, datasets_outside_the_repository):
     """Train on SynthReIDA, test on a Market-1501 copy with a truncated gallery image: the evaluation fails naming
     the image, and the trained model_final.pth is already on disk."""
-    import fastreid.data.build  # noqa: F401  (after plugins' patches)
     from plugins.config import setup_cfg
     from plugins.engine.loaders import dataset_items
 
