@@ -5,7 +5,8 @@ For sample b and expert k (sage.md, stage 2):
     e_bk     = <vec(Omega_bk), w>,   w in R^{N x d_out}, shared by the K experts, init 0
     g_b      = softmax_k(e_b / tau), tau a learnable scalar (init 1)
 With w = 0 the gate is the uniform average (LoRA-Avg). Size: N * d_out per layer, independent of K
-(+1 temperature).
+(+1 temperature). The temperature is used as ``max(tau, tau_min)``: nothing else keeps a learned tau positive, and
+tau <= 0 would invert or break the softmax (the paper does not say how the authors prevent it).
 """
 import torch
 import torch.nn.functional as F
@@ -15,18 +16,23 @@ from torch import nn
 class SAGEGate(nn.Module):
     """Residuals Delta (B, K, N, d_out) -> gate weights g (B, K)."""
 
-    def __init__(self, *, num_tokens: int, out_features: int, eps: float = 1e-6, tau_init: float = 1.0):
+    def __init__(self, *, num_tokens: int, out_features: int, eps: float = 1e-6, tau_init: float = 1.0,
+                 tau_min: float = 1e-2):
         """
         Args:
             num_tokens: N, tokens per sample (129 for ViT-B/16 at 256x128).
             out_features: d_out of the gated linear layer.
             eps: lower bound of the row norm in the L2 normalisation (``F.normalize``).
             tau_init: initial softmax temperature.
+            tau_min: floor of the temperature used in the softmax (> 0).
         """
+        if not 0 < tau_min <= tau_init:
+            raise ValueError(f"need 0 < tau_min <= tau_init, got tau_min={tau_min}, tau_init={tau_init}")
         super().__init__()
         self.num_tokens = num_tokens
         self.out_features = out_features
         self.eps = eps
+        self.tau_min = float(tau_min)
         self.weight = nn.Parameter(torch.zeros(num_tokens, out_features))  # w, shared across experts
         self.tau = nn.Parameter(torch.tensor(float(tau_init)))
 
@@ -40,7 +46,7 @@ class SAGEGate(nn.Module):
 
     def forward(self, delta: torch.Tensor) -> torch.Tensor:
         """Delta (B, K, N, d_out) -> g (B, K), rows sum to 1."""
-        return torch.softmax(self.logits(delta) / self.tau, dim=1)
+        return torch.softmax(self.logits(delta) / self.tau.clamp(min=self.tau_min), dim=1)
 
     def extra_repr(self) -> str:
         return f"num_tokens={self.num_tokens}, out_features={self.out_features}"

@@ -94,7 +94,8 @@ def factored_svd(B: Tensor, A: Tensor, *, rtol: Optional[float] = None) -> tuple
         rtol = max(B.shape[0], A.shape[1]) * torch.finfo(B.dtype).eps
     Qb, Rb = torch.linalg.qr(B.to(torch.float64))  # (m, r), (r, r)
     Qa, Ra = torch.linalg.qr(A.to(torch.float64).T)  # (n, r), (r, r)
-    Uc, s, Vch = torch.linalg.svd(Rb @ Ra.T)
+    # reduced SVD: Rb @ Ra.T is (min(m, r), min(n, r)), not square once the stacked rank r exceeds a layer dimension
+    Uc, s, Vch = torch.linalg.svd(Rb @ Ra.T, full_matrices=False)
     return _truncate(Qb @ Uc, s, Vch @ Qa.T, rtol)
 
 

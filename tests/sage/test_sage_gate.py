@@ -26,6 +26,21 @@ def test_sage_gate_hand_computed():
     assert torch.allclose(gate(delta), torch.tensor([[math.exp(e0 / 0.5) / z, math.exp(e1 / 0.5) / z]]))
 
 
+@pytest.mark.parametrize("tau", [0.0, -0.5, 1e-4])
+def test_sage_gate_temperature_stays_positive(tau):
+    """A learned tau at or below 0 would invert (or break) the softmax: the gate uses max(tau, tau_min)."""
+    gate = SAGEGate(num_tokens=1, out_features=2, tau_min=0.25)
+    with torch.no_grad():
+        gate.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        gate.tau.fill_(tau)
+    delta = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]])  # logits e = [1, 0]
+    g = gate(delta)
+    z = math.exp(1 / 0.25) + 1.0
+    assert torch.allclose(g, torch.tensor([[math.exp(1 / 0.25) / z, 1 / z]]))
+    with pytest.raises(ValueError, match="tau_min"):
+        SAGEGate(num_tokens=1, out_features=2, tau_min=0.0)
+
+
 def test_sage_gate_shared_across_experts_and_size():
     gate = SAGEGate(num_tokens=5, out_features=7)
     assert gate.weight.shape == (5, 7) and torch.count_nonzero(gate.weight) == 0 and gate.tau.item() == 1.0

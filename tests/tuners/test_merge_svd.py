@@ -180,3 +180,22 @@ def test_low_rank_factors_give_the_same_merges_as_dense_deltas():
     experts = [{"l": f} for f in factors]
     torch.testing.assert_close(merge_state_dicts(experts, "ties", density=0.5)["l"], ties(dense, density=0.5))
     torch.testing.assert_close(merge_state_dicts(experts, "tsv_merge")["l"], tsv_merge(dense))
+
+
+@pytest.mark.parametrize("d_out, d_in, r, k", [(6, 20, 4, 3),   # KnOTS: K r = 12 > d_out
+                                                (20, 5, 8, 2),   # TSV-M: r > d_in
+                                                (5, 6, 8, 3)])   # r > both dimensions
+def test_factored_merges_when_the_stacked_rank_exceeds_a_layer_dimension(d_out, d_in, r, k):
+    """Reduced SVD: factors whose rank exceeds min(d_out, d_in) (or K r > d_out) give the dense result."""
+    from plugins.tuners.merge_svd import LowRankDelta, factored_svd
+
+    g = torch.Generator().manual_seed(7)
+    factors = [LowRankDelta(torch.randn(d_out, r, generator=g, dtype=DT), torch.randn(r, d_in, generator=g, dtype=DT))
+               for _ in range(k)]
+    dense = [f.dense() for f in factors]
+    U, s, Vh = factored_svd(factors[0].B, factors[0].A)
+    torch.testing.assert_close(U * s @ Vh, dense[0])
+    torch.testing.assert_close(knots(factors), knots(dense))
+    torch.testing.assert_close(knots(factors, combination="ties", density=0.5),
+                               knots(dense, combination="ties", density=0.5))
+    torch.testing.assert_close(tsv_merge(factors, rank_per_task=r), tsv_merge(dense, rank_per_task=r))
