@@ -210,7 +210,8 @@ def merge_kwargs(cfg, row: str) -> dict:
     dare = {"drop_rate": float(m.DROP_RATE), "seed": int(m.SEED)}
     knots = {"ties": density, "dare": dare}.get(str(m.KNOTS_COMBINATION), {})
     return {"lora_avg": {}, "task_arithmetic": scale, "ties": {**scale, **density}, "dare": {**scale, **dare},
-            "knots": {"combination": str(m.KNOTS_COMBINATION), **scale, **knots}, "tsv_merge": scale}[row]
+            "knots": {"combination": str(m.KNOTS_COMBINATION), "keep": str(m.KNOTS_KEEP), **scale, **knots},
+            "tsv_merge": scale}[row]
 
 
 def build_static_merge_model(cfg, source_weights: Sequence[str], expert_dirs: Sequence[str], row: str

@@ -81,6 +81,9 @@ def add_sage_config(cfg):
     cfg.SAGE.MERGE.DROP_RATE = 0.5
     # KnOTS: how the aligned coefficients are combined ("task_arithmetic", "ties" or "dare").
     cfg.SAGE.MERGE.KNOTS_COMBINATION = "ties"
+    # KnOTS trim size per task: "authors" keeps int(DENSITY * n) + 1 coefficients (the KnOTS code's rule),
+    # "peft" int(DENSITY * n) (TIES as peft trims it).
+    cfg.SAGE.MERGE.KNOTS_KEEP = "authors"
     # Seed of DARE's masks.
     cfg.SAGE.MERGE.SEED = 0
     # Re-estimate the BNNeck statistics of every training-free merge (static merges, LoRAHub) on the unlabelled

@@ -21,6 +21,8 @@ from .merge_basic import check_deltas, dare, lora_average, magnitude_prune, task
 __all__ = ["LowRankDelta", "thin_svd", "knots_factors", "knots", "tsv_merge_factors", "tsv_merge"]
 
 KnotsCombination = Literal["task_arithmetic", "ties", "dare", "magnitude_prune", "lora_average"]
+KnotsKeep = Literal["authors", "peft"]
+_TRIMMING = {"ties", "magnitude_prune"}
 _COEFFICIENT_MERGES: dict[str, Callable[..., Tensor]] = {
     "task_arithmetic": task_arithmetic,
     "ties": ties,
@@ -108,6 +110,7 @@ def knots_factors(
     *,
     combination: KnotsCombination = "task_arithmetic",
     rtol: Optional[float] = None,
+    keep: KnotsKeep = "authors",
     **combination_kwargs,
 ) -> tuple[Tensor, Tensor]:
     """KnOTS (Stoica et al., ICLR 2025): align the K deltas in one shared SVD basis, merge there.
@@ -117,7 +120,8 @@ def knots_factors(
     element-wise method (``combination``: ``"ties"`` (KnOTS-TIES), ``"task_arithmetic"`` (KnOTS-TA), ``"dare"``,
     ...; ``combination_kwargs`` go to it, e.g. ``density``, ``scale``, ``drop_rate``) and the result is
     ``U @ merge(C_1, ..., C_K)``. Trimming in KnOTS is per layer here (the authors' code trims over the whole
-    flattened model).
+    flattened model). ``keep``: how many coefficients a trim keeps per task, ``"authors"`` ``int(density n) + 1``
+    (the KnOTS code's threshold rule, the default) or ``"peft"`` ``int(density n)`` (TIES as peft trims).
 
     Returns:
         (basis U (d_out, R), merged coefficients C (R, d_in)) in the input dtype; ``U @ C`` is the merged delta.
@@ -133,6 +137,12 @@ def knots_factors(
         stacked = torch.cat([d.dense() if isinstance(d, LowRankDelta) else d for d in deltas], dim=1)
     U, s, Vh = _svd(stacked, rtol)  # (d_out, R), (R,), (R, K * d_in)
     coeffs = [c for c in (s[:, None] * Vh).split(d_in, dim=1)]  # K x (R, d_in)
+    if keep not in ("authors", "peft"):
+        raise ValueError(f"KnOTS keep must be 'authors' or 'peft', got {keep!r}")
+    if keep == "authors" and combination in _TRIMMING and coeffs[0].numel():
+        n = coeffs[0].numel()
+        kept = min(n, int(float(combination_kwargs["density"]) * n) + 1)
+        combination_kwargs = dict(combination_kwargs, density=(kept + 0.5) / n if kept < n else 1.0)  # int(.) = kept
     merged = _COEFFICIENT_MERGES[combination](coeffs, **combination_kwargs)
     return U.to(dtype), merged.to(dtype)
 
@@ -142,10 +152,11 @@ def knots(
     *,
     combination: KnotsCombination = "task_arithmetic",
     rtol: Optional[float] = None,
+    keep: KnotsKeep = "authors",
     **combination_kwargs,
 ) -> Tensor:
     """KnOTS merged delta (d_out, d_in); see :func:`knots_factors`."""
-    U, C = knots_factors(deltas, combination=combination, rtol=rtol, **combination_kwargs)
+    U, C = knots_factors(deltas, combination=combination, rtol=rtol, keep=keep, **combination_kwargs)
     return U @ C
 
 

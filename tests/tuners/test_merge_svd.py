@@ -62,7 +62,7 @@ def test_knots_ties_hand_computed_sign_conflict():
 
 def test_knots_ties_trims_in_the_aligned_basis():
     deltas = [_low_rank(10, 8, 2, s) for s in range(3)]
-    merged = knots(deltas, combination="ties", density=0.3)
+    merged = knots(deltas, combination="ties", density=0.3, keep="peft")
     U, s, Vh = thin_svd(torch.cat(deltas, dim=1))
     coeffs = list((s[:, None] * Vh).split(8, dim=1))
     torch.testing.assert_close(merged, U @ ties(coeffs, density=0.3))
@@ -199,3 +199,14 @@ def test_factored_merges_when_the_stacked_rank_exceeds_a_layer_dimension(d_out, 
     torch.testing.assert_close(knots(factors, combination="ties", density=0.5),
                                knots(dense, combination="ties", density=0.5))
     torch.testing.assert_close(tsv_merge(factors, rank_per_task=r), tsv_merge(dense, rank_per_task=r))
+
+
+def test_knots_keeps_one_more_coefficient_than_peft_by_the_authors_rule():
+    """One task, TIES at density 0.25 over R x d_in = 2 x 4 = 8 coefficients: the KnOTS code keeps int(2) + 1 = 3,
+    peft's rule 2; with one task the merge is U @ (the trimmed coefficients)."""
+    delta = torch.tensor([[4.0, -3.0, 2.0, 1.0], [0.5, 0.25, -0.125, 0.0625]], dtype=DT)
+    for keep, expected in (("authors", 3), ("peft", 2)):
+        U, C = knots_factors([delta], combination="ties", density=0.25, keep=keep)
+        assert int((C.abs() > 1e-12).sum()) == expected
+    with pytest.raises(ValueError, match="keep"):
+        knots([delta], combination="ties", density=0.25, keep="nobody")
