@@ -56,6 +56,9 @@ def add_sage_config(cfg):
     cfg.SAGE.GATE.KIND = "sage"
     # Initial softmax temperature tau of every gated layer.
     cfg.SAGE.GATE.TAU_INIT = 1.0
+    # Stage 2 trains the gates (w, tau) AND the target classifier (paper, Sec. 3); False keeps the classifier a
+    # frozen prototype classifier as in stage 1 (PLUGINS.PSEUDO_LABEL.CLASSIFIER_FROZEN applies to stage 1 only).
+    cfg.SAGE.GATE.TRAIN_CLASSIFIER = True
     # eps of the token-row L2 normalisation of the residuals (Omega).
     cfg.SAGE.GATE.EPS = 1e-6
 

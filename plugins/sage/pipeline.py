@@ -12,6 +12,8 @@
 Resuming: a stage folder holding ``done.json`` is complete and skipped; a stage interrupted mid-way resumes from
 its last checkpoint (fast-reid's ``last_checkpoint``); rows already in ``results.json`` are not re-measured. The
 run therefore always continues where it stopped: delete a stage folder (or a row of results.json) to redo it.
+With ``PLUGINS.SEED >= 0`` every stage, epoch and evaluation row starts from a seed derived from the run's seed
+(``plugins.engine.seeding``): a resumed run ends with the same results.json as an uninterrupted one.
 Under torch.distributed every rank runs the same sequence; trainers use DDP, rank 0 writes the files.
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ from safetensors.torch import save_file
 
 from ..engine.pseudo_label_trainer import unlabelled_pool
 from ..engine.results import ResultsTable, metrics_of
+from ..engine.seeding import seed_stage
 from ..engine.stages import DONE_FILE, FINAL_CHECKPOINT, from_main, run_stage
 from ..registry import TRAINER_REGISTRY
 from .bn_recalibration import recalibrate_batchnorm
@@ -218,6 +221,8 @@ class SAGEPipeline:
             c.MODEL.BACKBONE.PRETRAIN_PATH = self.pretrained
         elif stage in (1, 2):
             c.MODEL.BACKBONE.PRETRAIN = False  # every weight comes from the source models
+        if stage == 2:
+            c.PLUGINS.PSEUDO_LABEL.CLASSIFIER_FROZEN = not bool(c.SAGE.GATE.TRAIN_CLASSIFIER)
         c.TEST.EVAL_PERIOD = c.SOLVER.MAX_EPOCH  # the row is the final model's score
         c.freeze()
         return c
@@ -247,6 +252,7 @@ class SAGEPipeline:
             self.order.append(row)
             return
         logger.info(f"{row}: building and evaluating")
+        seed_stage(self.cfg, f"row: {row}")  # merges and BN re-estimation draw random numbers: not from earlier stages
         model = build()
         if recalibrate:
             recalibrate_batchnorm(self.eval_cfg, model, self.target_items)

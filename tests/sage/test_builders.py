@@ -316,3 +316,34 @@ def test_checkpoint_of_another_width_names_the_file(bank, tmp_path):
         build_expert_model(bank["cfg"], path)
     with pytest.raises(ValueError, match=re.escape(path)):
         build_merged_base(bank["cfg"], [bank["source_paths"][0], path], bank["expert_dirs"][:2])
+
+
+@pytest.mark.parametrize("train_classifier", [True, False])
+def test_stage2_step_updates_gates_and_the_classifier(bank, tmp_path, train_classifier):
+    """What a stage-2 step actually updates (paper, Sec. 3: the gate vectors, the temperatures and the target
+    classifier): the pipeline's stage-2 config, the pseudo-label hook's classifier swap, one SGD step."""
+    from plugins.engine.pseudo_label_hook import replace_classifier
+    from plugins.sage.pipeline import SAGEPipeline
+
+    cfg = with_opts(bank["cfg"], "OUTPUT_DIR", str(tmp_path), "SAGE.GATE.TRAIN_CLASSIFIER", train_classifier)
+    stage2 = SAGEPipeline(cfg).stage_cfg(2, str(tmp_path / "stage2"), trainer="SAGEGateTrainer",
+                                         sources=bank["source_paths"], experts=bank["expert_dirs"], gate="sage")
+    assert stage2.PLUGINS.PSEUDO_LABEL.CLASSIFIER_FROZEN is (not train_classifier)
+    model = build_gated_model(stage2, bank["source_paths"], bank["expert_dirs"]).train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    replace_classifier(model, optimizer, torch.randn(3, DIM), frozen=stage2.PLUGINS.PSEUDO_LABEL.CLASSIFIER_FROZEN)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    batch = {**bank["batch"], "images": bank["batch"]["images"].clone(), "targets": torch.tensor([0, 1, 2, 0])}
+    from fastreid.utils.events import EventStorage
+
+    with EventStorage(0):  # fast-reid's losses log to the trainer's storage
+        losses = model(batch)
+    sum(losses.values()).backward()
+    optimizer.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    gates = {f"backbone.vit.{n}.gate.{p}" for n in LINEARS for p in ("weight", "tau")}
+    expected = gates | ({"heads.weight"} if train_classifier else set())
+    assert with_grad == expected
+    # tau's first gradient is 0 (w = 0 makes every logit 0, whatever tau); everything else that learns moved
+    assert changed == {n for n in expected if not n.endswith(".tau")}
