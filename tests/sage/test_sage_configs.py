@@ -42,6 +42,11 @@ def test_paper_settings(name, tmp_path):
     stage2 = dict(zip(cfg.SAGE.STAGE2_OPTS[::2], cfg.SAGE.STAGE2_OPTS[1::2]))
     assert stage2["SOLVER.MAX_EPOCH"] == "1" and stage2["SOLVER.BASE_LR"] == "0.08"
     pipeline = SAGEPipeline(cfg)  # validates sources, tags, baselines, gate kind
+    # the paper: 70 epochs, SGD, a FIXED lr of 0.008 for stages 0 and 1; one epoch in stage 2 (lr 0.08: the code)
+    for stage, epochs, lr in ((0, 70, 0.008), (1, 70, 0.008), (2, 1, 0.08)):
+        c = pipeline.stage_cfg(stage, str(tmp_path / f"s{stage}"), trainer="DefaultTrainer")
+        assert (c.SOLVER.OPT, c.SOLVER.MAX_EPOCH, c.SOLVER.BASE_LR) == ("SGD", epochs, lr), stage
+        assert (c.SOLVER.SCHED, list(c.SOLVER.STEPS), c.SOLVER.WARMUP_ITERS) == ("MultiStepLR", [], 0), stage
     assert len(pipeline.tags) == k
 
 
