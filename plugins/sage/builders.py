@@ -209,7 +209,8 @@ def merge_kwargs(cfg, row: str) -> dict:
     scale, density = {"scale": float(m.SCALE)}, {"density": float(m.DENSITY)}
     dare = {"drop_rate": float(m.DROP_RATE), "seed": int(m.SEED)}
     knots = {"ties": density, "dare": dare}.get(str(m.KNOTS_COMBINATION), {})
-    return {"lora_avg": {}, "task_arithmetic": scale, "ties": {**scale, **density}, "dare": {**scale, **dare},
+    return {"lora_avg": {}, "task_arithmetic": scale,
+            "ties": {**scale, **density, "trim_scope": str(m.TRIM_SCOPE)}, "dare": {**scale, **dare},
             "knots": {"combination": str(m.KNOTS_COMBINATION), "keep": str(m.KNOTS_KEEP), **scale, **knots},
             "tsv_merge": scale}[row]
 

@@ -80,6 +80,9 @@ def add_sage_config(cfg):
     cfg.SAGE.MERGE.SCALE = 1.0
     # TIES: fraction of each expert's delta entries kept by magnitude.
     cfg.SAGE.MERGE.DENSITY = 0.2
+    # Where TIES ranks magnitudes for its trim: "layer" (per layer, as peft; the default) or "model" (over all
+    # layers of an expert, as the TIES paper).
+    cfg.SAGE.MERGE.TRIM_SCOPE = "layer"
     # DARE: drop rate p of the random mask (kept entries rescaled by 1 / (1 - p)).
     cfg.SAGE.MERGE.DROP_RATE = 0.5
     # KnOTS: how the aligned coefficients are combined ("task_arithmetic", "ties" or "dare").

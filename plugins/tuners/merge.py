@@ -59,6 +59,9 @@ MERGE_METHODS: dict[str, Callable[..., Tensor]] = {
 _FACTORED = {"knots", "tsv_merge"}
 # Methods that draw random masks: merge_state_dicts threads one seeded generator through all their layers.
 _STOCHASTIC = {"dare"}
+# Methods that trim each expert to its top-``density`` entries by magnitude.
+_TRIMMING = {"ties", "magnitude_prune"}
+TRIM_SCOPES = ("layer", "model")
 
 
 def merge_deltas(deltas: Sequence[Tensor | LowRankDelta], method: str, **kwargs) -> Tensor:
@@ -74,11 +77,29 @@ def _is_stochastic(method: str, kwargs: Mapping) -> bool:
     return method in _STOCHASTIC or (method == "knots" and kwargs.get("combination") in _STOCHASTIC)
 
 
+def trim_over_model(deltas_per_expert: Sequence[Mapping[str, Tensor | LowRankDelta]], density: float
+                    ) -> list[dict[str, Tensor]]:
+    """The TIES paper's trim: each expert keeps its top ``density`` fraction of entries by |value| over ALL its
+    layers together (one threshold per expert), the others set to 0. Entries equal to the threshold are kept."""
+    out = []
+    for sd in deltas_per_expert:
+        dense = {k: (d.dense() if isinstance(d, LowRankDelta) else d) for k, d in sd.items()}
+        magnitudes = torch.cat([d.abs().flatten() for d in dense.values()])
+        keep = int(density * magnitudes.numel())
+        if keep <= 0:
+            out.append({k: torch.zeros_like(d) for k, d in dense.items()})
+            continue
+        threshold = magnitudes.kthvalue(magnitudes.numel() - keep + 1).values  # the keep-th largest
+        out.append({k: d * (d.abs() >= threshold) for k, d in dense.items()})
+    return out
+
+
 def merge_state_dicts(
     deltas_per_expert: Sequence[Mapping[str, Tensor | LowRankDelta]],
     method: str,
     *,
     progress: bool = False,
+    trim_scope: str = "layer",
     **kwargs,
 ) -> dict[str, Tensor]:
     """Apply one merge method layer by layer.
@@ -88,6 +109,8 @@ def merge_state_dicts(
             ``LowRankDelta`` (LoRA factors), which KnOTS / TSV-M factorise exactly and fast.
         method: a key of ``MERGE_METHODS``.
         progress: show a tqdm bar over the layers (SVD methods take seconds per layer on CPU).
+        trim_scope: where TIES / magnitude pruning rank magnitudes: ``"layer"`` (per layer, as peft does) or
+            ``"model"`` (over all layers of an expert at once, as the TIES paper does).
         kwargs: arguments of the method. For DARE (also KnOTS with ``combination="dare"``) ``seed`` seeds one
             generator that draws the masks of all layers in key order, so layers get independent masks and the
             whole merge is reproducible.
@@ -105,6 +128,11 @@ def merge_state_dicts(
             raise KeyError(
                 f"expert {k} layer keys differ from expert 0: missing {sorted(missing)[:5]}, extra {sorted(extra)[:5]}"
             )
+    if trim_scope not in TRIM_SCOPES:
+        raise ValueError(f"trim_scope must be one of {TRIM_SCOPES}, got {trim_scope!r}")
+    if trim_scope == "model" and method in _TRIMMING:
+        deltas_per_expert = trim_over_model(deltas_per_expert, float(kwargs["density"]))
+        kwargs = dict(kwargs, density=1.0)  # already trimmed: the per-layer step only elects signs and merges
     if _is_stochastic(method, kwargs) and "generator" not in kwargs and keys:
         seed = int(kwargs.pop("seed", 0))
         kwargs["generator"] = torch.Generator(device=deltas_per_expert[0][keys[0]].device).manual_seed(seed)

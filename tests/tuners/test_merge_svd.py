@@ -210,3 +210,20 @@ def test_knots_keeps_one_more_coefficient_than_peft_by_the_authors_rule():
         assert int((C.abs() > 1e-12).sum()) == expected
     with pytest.raises(ValueError, match="keep"):
         knots([delta], combination="ties", density=0.25, keep="nobody")
+
+
+def test_ties_trim_over_the_whole_model_uses_one_threshold_per_expert():
+    """Two layers, one expert of magnitudes {1, 2, 3, 4} (layer a) and {10, 20} (layer b), density 0.5: the TIES
+    paper's model-wide trim keeps the 3 largest (4, 10, 20: layer a keeps only 4); peft's per-layer trim keeps the
+    top half of each layer (3, 4 and 20)."""
+    a = torch.tensor([[1.0, -2.0], [3.0, -4.0]], dtype=DT)
+    b = torch.tensor([[10.0, -20.0]], dtype=DT)
+    experts = [{"a": a, "b": b}]
+    model = merge_state_dicts(experts, "ties", density=0.5, trim_scope="model")
+    torch.testing.assert_close(model["a"], torch.tensor([[0.0, 0.0], [0.0, -4.0]], dtype=DT))
+    torch.testing.assert_close(model["b"], b)
+    layer = merge_state_dicts(experts, "ties", density=0.5)
+    torch.testing.assert_close(layer["a"], torch.tensor([[0.0, 0.0], [3.0, -4.0]], dtype=DT))
+    torch.testing.assert_close(layer["b"], torch.tensor([[0.0, -20.0]], dtype=DT))
+    with pytest.raises(ValueError, match="trim_scope"):
+        merge_state_dicts(experts, "ties", density=0.5, trim_scope="world")
