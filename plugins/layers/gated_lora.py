@@ -4,21 +4,77 @@ peft's multi-adapter LoRA layer mixes adapters with fixed weights (``add_weighte
 adapter at a time; a gate that looks at every expert's residual for every sample needs all K residuals in one
 forward, so this layer computes them with one batched einsum over a stacked ``(K, r, d_in)`` / ``(K, d_out, r)``
 pair instead of a loop over K adapters.
+
+The residuals are never materialised. With ``h = s A x`` (r values per token per expert), everything the gates and
+the output need is a function of h and the up-projections B (:class:`LowRankResiduals`):
+``||Delta|| = sqrt(h^T (B^T B) h)``, ``<Delta, w> = h . (B^T w)`` and ``sum_k g_k Delta_k`` is one matmul of the
+gate-weighted h (B, N, K r) with the stacked B (K r, d_out). So a forward costs O(B N K r (d_in + d_out)) and
+holds (B, K, N, r) activations, not (B, K, N, d_out).
 """
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
+
+
+@dataclass
+class LowRankResiduals:
+    """K expert residuals of a batch kept factored: ``Delta[b, k, n] = B[k] @ h[b, k, n]``.
+
+    ``h`` (B, K, N, r): the scaled down-projections ``s_k A_k x_bn``; ``up`` (K, d_out, r): the B_k.
+    """
+
+    h: torch.Tensor
+    up: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        """(B, K, N, d_out): the shape the dense residuals would have."""
+        b, k, n, _ = self.h.shape
+        return torch.Size((b, k, n, self.up.shape[1]))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.h.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.h.device
+
+    def row_norms(self, eps: float = 0.0) -> torch.Tensor:
+        """(B, K, N): ``max(||Delta_bkn||, eps)`` (``F.normalize``'s denominator), via the r x r Gram B^T B."""
+        gram = torch.einsum("kor,kos->krs", self.up, self.up)
+        squared = torch.einsum("bknr,krs,bkns->bkn", self.h, gram, self.h)
+        return squared.clamp(min=eps * eps).sqrt() if eps > 0 else squared.clamp(min=0).sqrt()
+
+    def inner(self, weight: torch.Tensor) -> torch.Tensor:
+        """(B, K, N): ``<Delta_bkn, weight_n>`` for ``weight`` (N, d_out) shared by the experts."""
+        projected = torch.einsum("no,kor->knr", weight, self.up)  # B_k^T w_n
+        return torch.einsum("bknr,knr->bkn", self.h, projected)
+
+    def combine(self, g: torch.Tensor) -> torch.Tensor:
+        """``sum_k g_bk Delta_bk``: g (B, K) -> (B, N, d_out), one matmul with the stacked up-projections."""
+        b, k, n, r = self.h.shape
+        weighted = (g[:, :, None, None] * self.h).permute(0, 2, 1, 3).reshape(b, n, k * r)
+        return weighted @ self.up.permute(0, 2, 1).reshape(k * r, self.up.shape[1])
+
+    def dense(self) -> torch.Tensor:
+        """(B, K, N, d_out): the residuals themselves (for tests and analysis; the layer never builds them)."""
+        return torch.einsum("bknr,kor->bkno", self.h, self.up)
+
+
+Residuals = Union[torch.Tensor, LowRankResiduals]
 
 
 class GatedLoRALinear(nn.Module):
     """``Y_b = X_b W^T + bias + sum_k g_bk Delta_bk`` with ``Delta_bk = s_k X_b A_k^T B_k^T``.
 
     Shapes: ``X`` (B, N, d_in) -> ``Y`` (B, N, d_out); ``lora_A`` (K, r, d_in); ``lora_B`` (K, d_out, r);
-    ``scaling`` (K,); residuals ``Delta`` (B, K, N, d_out); gate weights ``g`` (B, K).
+    ``scaling`` (K,); residuals ``Delta`` (B, K, N, d_out), kept factored; gate weights ``g`` (B, K).
 
-    The gate is any module mapping ``Delta`` (B, K, N, d_out) to weights (B, K); ``None`` gives the uniform
-    average ``g_bk = 1/K`` (LoRA-Avg). Base weights and expert factors are frozen; only the gate trains.
+    The gate is any module mapping the residuals (a :class:`LowRankResiduals`, or the dense (B, K, N, d_out)
+    tensor) to weights (B, K); ``None`` gives the uniform average ``g_bk = 1/K`` (LoRA-Avg). Base weights and expert factors are frozen; only the gate trains.
     The last gate weights are kept (detached) in ``last_gate_weights`` for analysis.
     """
 
@@ -30,7 +86,7 @@ class GatedLoRALinear(nn.Module):
             lora_A: K down-projections, each (r, d_in); all K must have the same rank r.
             lora_B: K up-projections, each (d_out, r).
             scaling: K residual scales s_k (alpha_k / r_k).
-            gate: module ``(B, K, N, d_out) -> (B, K)`` weights, or None for the uniform average.
+            gate: module ``residuals -> (B, K)`` weights, or None for the uniform average.
         """
         super().__init__()
         if not isinstance(base, nn.Linear):
@@ -70,28 +126,29 @@ class GatedLoRALinear(nn.Module):
     def out_features(self) -> int:
         return self.base.out_features
 
-    def expert_residuals(self, x: torch.Tensor) -> torch.Tensor:
-        """All K residuals in one pass: x (B, N, d_in) -> Delta (B, K, N, d_out)."""
-        h = torch.einsum("bni,kri->bknr", x, self.lora_A)
-        return torch.einsum("bknr,kor->bkno", h, self.lora_B) * self.scaling.view(1, -1, 1, 1)
+    def expert_residuals(self, x: torch.Tensor) -> LowRankResiduals:
+        """All K residuals in one pass, factored: x (B, N, d_in) -> h (B, K, N, r) with the stacked B."""
+        h = torch.einsum("bni,kri->bknr", x, self.lora_A) * self.scaling.view(1, -1, 1, 1)
+        return LowRankResiduals(h, self.lora_B)
 
-    def gate_weights(self, delta: torch.Tensor) -> torch.Tensor:
-        """Delta (B, K, N, d_out) -> g (B, K); uniform 1/K without a gate."""
+    def gate_weights(self, residuals: Residuals) -> torch.Tensor:
+        """residuals -> g (B, K); uniform 1/K without a gate."""
+        batch, k = residuals.shape[:2]
         if self.gate is None:
-            return delta.new_full(delta.shape[:2], 1.0 / self.num_experts)
-        g = self.gate(delta)
-        if g.shape != delta.shape[:2]:
-            raise RuntimeError(f"gate returned shape {tuple(g.shape)}, expected {tuple(delta.shape[:2])}")
+            return torch.full((batch, k), 1.0 / k, dtype=residuals.dtype, device=residuals.device)
+        g = self.gate(residuals)
+        if tuple(g.shape) != (batch, k):
+            raise RuntimeError(f"gate returned shape {tuple(g.shape)}, expected {(batch, k)}")
         return g
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, N, d_in) -> (B, N, d_out)."""
         if x.dim() != 3:
             raise ValueError(f"GatedLoRALinear expects (batch, tokens, features), got shape {tuple(x.shape)}")
-        delta = self.expert_residuals(x)
-        g = self.gate_weights(delta)
+        residuals = self.expert_residuals(x)
+        g = self.gate_weights(residuals)
         self.last_gate_weights = g.detach()
-        return self.base(x) + torch.einsum("bk,bkno->bno", g, delta)
+        return self.base(x) + residuals.combine(g)
 
     def extra_repr(self) -> str:
         k, r, _ = self.lora_A.shape

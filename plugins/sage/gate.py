@@ -12,9 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers.gated_lora import LowRankResiduals, Residuals
+
 
 class SAGEGate(nn.Module):
-    """Residuals Delta (B, K, N, d_out) -> gate weights g (B, K)."""
+    """Residuals Delta (B, K, N, d_out), dense or factored (:class:`LowRankResiduals`) -> gate weights g (B, K)."""
 
     def __init__(self, *, num_tokens: int, out_features: int, eps: float = 1e-6, tau_init: float = 1.0,
                  tau_min: float = 1e-2):
@@ -36,15 +38,18 @@ class SAGEGate(nn.Module):
         self.weight = nn.Parameter(torch.zeros(num_tokens, out_features))  # w, shared across experts
         self.tau = nn.Parameter(torch.tensor(float(tau_init)))
 
-    def logits(self, delta: torch.Tensor) -> torch.Tensor:
-        """Delta (B, K, N, d_out) -> e (B, K)."""
+    def logits(self, delta: Residuals) -> torch.Tensor:
+        """Delta (B, K, N, d_out) -> e (B, K). Factored residuals give the same value without building Delta:
+        ``e_bk = sum_n <Delta_bkn, w_n> / max(||Delta_bkn||, eps)``."""
         if tuple(delta.shape[2:]) != (self.num_tokens, self.out_features):
             raise ValueError(f"SAGEGate built for (N={self.num_tokens}, d_out={self.out_features}) residuals, "
                              f"got shape {tuple(delta.shape)}")
+        if isinstance(delta, LowRankResiduals):
+            return (delta.inner(self.weight) / delta.row_norms(self.eps)).sum(-1)
         omega = F.normalize(delta, p=2.0, dim=-1, eps=self.eps)
         return torch.einsum("bkno,no->bk", omega, self.weight)
 
-    def forward(self, delta: torch.Tensor) -> torch.Tensor:
+    def forward(self, delta: Residuals) -> torch.Tensor:
         """Delta (B, K, N, d_out) -> g (B, K), rows sum to 1."""
         return torch.softmax(self.logits(delta) / self.tau.clamp(min=self.tau_min), dim=1)
 

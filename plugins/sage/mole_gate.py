@@ -5,14 +5,20 @@ two gates differ only in their projection), concatenated and flattened to K*N*d_
 projection ``P`` (K x K*N*d_out, one row per expert) gives the logits; ``g = softmax(logits / tau)``.
 Size: K^2 * N * d_out per layer (+1 temperature), K^2 times the SAGE gate. ``P`` starts at 0 (LoRA-Avg), like
 SAGE's ``w``. MoLE's auxiliary load-balancing loss is not part of the gate.
+
+With factored residuals the logits need no Delta either: ``P_j`` projected through each B_k is (K, N, r) per
+output expert j, so ``e_bj = sum_{k,n} h_bkn . (B_k^T P_j[k, n]) / max(||Delta_bkn||, eps)``; the projection costs
+K^2 N d_out r per forward (independent of the batch), on top of the gate's own K^2 N d_out parameters.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers.gated_lora import LowRankResiduals, Residuals
+
 
 class MoLEGate(nn.Module):
-    """Residuals Delta (B, K, N, d_out) -> gate weights g (B, K)."""
+    """Residuals Delta (B, K, N, d_out), dense or factored (:class:`LowRankResiduals`) -> gate weights g (B, K)."""
 
     def __init__(self, *, num_experts: int, num_tokens: int, out_features: int, eps: float = 1e-6,
                  tau_init: float = 1.0):
@@ -32,15 +38,20 @@ class MoLEGate(nn.Module):
         self.weight = nn.Parameter(torch.zeros(num_experts, num_experts * num_tokens * out_features))
         self.tau = nn.Parameter(torch.tensor(float(tau_init)))
 
-    def logits(self, delta: torch.Tensor) -> torch.Tensor:
+    def logits(self, delta: Residuals) -> torch.Tensor:
         """Delta (B, K, N, d_out) -> e (B, K)."""
         if tuple(delta.shape[1:]) != (self.num_experts, self.num_tokens, self.out_features):
             raise ValueError(f"MoLEGate built for (K={self.num_experts}, N={self.num_tokens}, "
                              f"d_out={self.out_features}) residuals, got shape {tuple(delta.shape)}")
+        if isinstance(delta, LowRankResiduals):
+            k, n, o = self.num_experts, self.num_tokens, self.out_features
+            projected = torch.einsum("jkno,kor->jknr", self.weight.view(k, k, n, o), delta.up)
+            unit = delta.h / delta.row_norms(self.eps).unsqueeze(-1)
+            return torch.einsum("bknr,jknr->bj", unit, projected)
         omega = F.normalize(delta, p=2.0, dim=-1, eps=self.eps)
         return F.linear(omega.flatten(1), self.weight)
 
-    def forward(self, delta: torch.Tensor) -> torch.Tensor:
+    def forward(self, delta: Residuals) -> torch.Tensor:
         """Delta (B, K, N, d_out) -> g (B, K), rows sum to 1."""
         return torch.softmax(self.logits(delta) / self.tau, dim=1)
 

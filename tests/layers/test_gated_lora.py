@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from plugins.layers.gated_lora import GatedLoRALinear
+from plugins.layers.gated_lora import GatedLoRALinear, LowRankResiduals
 from plugins.layers.lora import lora_residual
 
 K, R, D_IN, D_OUT, B, N = 3, 2, 6, 5, 4, 7
@@ -13,7 +13,8 @@ class FixedGate(nn.Module):
     """Test gate: weights that depend on the residuals (softmax of their means), to check the plumbing."""
 
     def forward(self, delta):
-        return torch.softmax(delta.mean(dim=(2, 3)) * 10.0, dim=1)
+        dense = delta.dense() if isinstance(delta, LowRankResiduals) else delta
+        return torch.softmax(dense.mean(dim=(2, 3)) * 10.0, dim=1)
 
 
 def _layer(gate=None, seed=0):
@@ -29,7 +30,7 @@ def test_single_forward_equals_separate_experts():
     layer, a, b, s = _layer(FixedGate())
     x = torch.randn(B, N, D_IN)
     separate = torch.stack([lora_residual(x, a[k], b[k], s[k]) for k in range(K)], dim=1)  # (B, K, N, D_OUT)
-    assert torch.allclose(layer.expert_residuals(x), separate, atol=1e-5)
+    assert torch.allclose(layer.expert_residuals(x).dense(), separate, atol=1e-5)
     g = FixedGate()(separate)
     expected = layer.base(x) + sum(g[:, k, None, None] * separate[:, k] for k in range(K))
     assert torch.allclose(layer(x), expected, atol=1e-5)
