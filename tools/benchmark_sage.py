@@ -2,9 +2,14 @@
 """Cost of SAGE's merged model vs. its alternatives on ViT-B/16 at 256x128 (sage.md, Table 9).
 
     python tools/benchmark_sage.py --experts 3 [--batch 2] [--rank 8] [--iters 3] [--num-classes 1990]
+        [--step-batch 16]
 
-Rows: plain ViT, one LoRA expert, LoRA-Avg / SAGE / MoLE merged (one forward with all K low-rank branches), and
-the K experts run separately (K forward passes, features averaged). Every model is backbone + BNNeck + a
+Rows: plain ViT, a static merge folded into the base weights (LoRA-Avg here; TA / TIES / DARE / KnOTS / TSV-M /
+LoRAHub fold the same way), one LoRA expert, LoRA-Avg / SAGE / MoLE merged (one forward with all K low-rank
+branches, residuals kept factored), and the K experts run separately (K forward passes, features averaged).
+``--step-batch B`` also measures the peak memory of one stage-2 training step (forward + backward, gates
+trainable) at K and at K=1, each in a fresh process (peak RSS above the RSS after building the model on CPU;
+``max_memory_allocated`` on CUDA). Every model is backbone + BNNeck + a
 bias-free classifier over ``--num-classes`` (the paper's totals include ~1,990 target pseudo-classes).
 Parameters and FLOPs (2 x multiply-adds, ``torch.utils.flop_counter.FlopCounterMode``; element-wise ops are
 not counted) are measured on meta tensors, so they cost no memory; timing runs real tensors (``--device``).
@@ -68,6 +73,8 @@ def build(kind: str, k: int, rank: int, num_classes: int, device) -> nn.Module:
         vit = model.backbone.vit
         if kind == "plain":
             return model.eval()
+        if kind.startswith("folded"):
+            return fold_average(model, k, rank, device).eval()
         n_adapters = 1 if kind == "single expert" else k
         for i in range(n_adapters):
             inject_lora(vit, rank=rank, alpha=4.0 * rank, adapter_name=f"e{i}")
@@ -84,6 +91,58 @@ def build(kind: str, k: int, rank: int, num_classes: int, device) -> nn.Module:
         gate = {"LoRA-Avg": "avg", "SAGE": "sage", "MoLE": "mole"}[kind]
         build_gated_vit(vit, experts=experts, gate=gate, num_tokens=vit.pos_embed.shape[1])
         return model.eval()
+
+
+def fold_average(model: "ReidModel", k: int, rank: int, device) -> "ReidModel":
+    """K random experts averaged and folded into the weights (W += mean_k s B_k A_k): plain nn.Linear layers."""
+    vit = model.backbone.vit
+    for i in range(k):
+        inject_lora(vit, rank=rank, alpha=4.0 * rank, adapter_name=f"e{i}")
+        if device != "meta":
+            for n, p in vit.named_parameters():
+                if "lora_B" in n and f".e{i}." in n:
+                    nn.init.normal_(p, std=0.01)
+    experts = [lora_factors_from_peft(vit, f"e{i}") for i in range(k)]
+    remove_peft_layers(vit)
+    if device != "meta":
+        with torch.no_grad():
+            for name in experts[0]:
+                layer = vit.get_submodule(name)
+                layer.weight += sum(s * b @ a for a, b, s in (e[name] for e in experts)) / k
+    return model
+
+
+def step_peak_mib(kind: str, k: int, rank: int, num_classes: int, batch: int, device: str) -> float:
+    """Peak memory (MiB) of one stage-2 training step of ``kind`` beyond the built model, in this process."""
+    import resource
+
+    model = build(kind, k, rank, num_classes, device).train()
+    for n, p in model.named_parameters():
+        p.requires_grad_(".gate." in n or n.startswith("classifier"))
+    x = torch.rand(batch, 3, *IMG, device=device)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the peak so far: building the model
+    model(x).logsumexp(1).mean().backward()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2 ** 20
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before) / 2 ** 20
+
+
+def step_peak_in_fresh_process(k: int, args) -> float:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, __file__, "--experts", str(k), "--rank", str(args.rank), "--num-classes",
+                          str(args.num_classes), "--device", args.device, "--threads", str(args.threads),
+                          "--step-batch", str(args.step_batch), "--_step-only"],
+                         capture_output=True, text=True, check=True)
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"])
 
 
 def count_flops(model: nn.Module) -> int:
@@ -121,13 +180,23 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads on CPU (0: torch default)")
     ap.add_argument("--max-timed-params", type=float, default=400e6, help="do not time bigger models")
+    ap.add_argument("--step-batch", type=int, default=0,
+                    help="also measure one SAGE stage-2 training step at this batch, at K and K=1 (0: skip)")
+    ap.add_argument("--_step-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.experts < 1:
         ap.error("--experts must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     k = args.experts
-    kinds = ["plain", "single expert", "LoRA-Avg", "SAGE", f"separate ({k} passes)", "MoLE"]
+    if args._step_only:
+        import json
+
+        print(json.dumps({"peak_mib": step_peak_mib("SAGE", k, args.rank, args.num_classes, args.step_batch,
+                                                    args.device)}))
+        return
+    kinds = ["plain", "folded merge (LoRA-Avg)", "single expert", "LoRA-Avg", "SAGE", f"separate ({k} passes)",
+             "MoLE"]
     rows, stats = [], {}
     for kind in kinds:
         meta = build(kind, k, args.rank, args.num_classes, "meta")
@@ -159,12 +228,22 @@ def main():
                f"{(PAPER[(k, kind)][0] - PAPER[(k, 'LoRA-Avg')][0]):.2f}" if (k, kind) in PAPER else "-"]
               for kind in ("SAGE", "MoLE")]
     print(tabulate(deltas, headers=["vs LoRA-Avg", "d params (M)", "paper", "d GFLOPs", "paper"]))
-    sage, sep = stats["SAGE"], stats[f"separate ({k} passes)"]
-    speedup = sep["ips"] and sage["ips"] and sage["ips"] / sep["ips"]
+    sage, sep, plain = stats["SAGE"], stats[f"separate ({k} passes)"], stats["plain"]
+
+    def ratio(a, b):
+        return f"{a / b:.2f}" if a and b else "nan"
+
+    print(tabulate([[kind, ratio(stats[kind]["ips"], plain["ips"])] for kind in kinds],
+                   headers=["images/s vs plain ViT (same run)", "ratio"]))
+    tail = ""
+    if args.step_batch:
+        peak_k, peak_1 = step_peak_in_fresh_process(k, args), step_peak_in_fresh_process(1, args)
+        print(f"stage-2 step (SAGE, batch {args.step_batch}, gates + classifier trainable): peak memory "
+              f"{peak_k:.0f} MiB at K={k}, {peak_1:.0f} MiB at K=1")
+        tail = f" step_mem_vs_k1={peak_k / peak_1:.2f}"
     print(f"sage K={k} gate_params={sage['gate']} mole_gate_params={stats['MoLE']['gate']} "
-          f"merged_vs_separate_speedup={speedup:.2f}" if speedup else
-          f"sage K={k} gate_params={sage['gate']} mole_gate_params={stats['MoLE']['gate']} "
-          f"merged_vs_separate_speedup=nan")
+          f"merged_vs_separate_speedup={ratio(sage['ips'], sep['ips'])} sage_vs_plain={ratio(sage['ips'], plain['ips'])}"
+          f"{tail}")
 
 
 if __name__ == "__main__":

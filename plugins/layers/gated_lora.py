@@ -6,7 +6,8 @@ forward, so this layer computes them with one batched einsum over a stacked ``(K
 pair instead of a loop over K adapters.
 
 The residuals are never materialised. With ``h = s A x`` (r values per token per expert), everything the gates and
-the output need is a function of h and the up-projections B (:class:`LowRankResiduals`):
+the output need is a function of h and the up-projections B (:class:`LowRankResiduals`), and h itself is one GEMM
+with the stacked down-projections (K r, d_in):
 ``||Delta|| = sqrt(h^T (B^T B) h)``, ``<Delta, w> = h . (B^T w)`` and ``sum_k g_k Delta_k`` is one matmul of the
 gate-weighted h (B, N, K r) with the stacked B (K r, d_out). So a forward costs O(B N K r (d_in + d_out)) and
 holds (B, K, N, r) activations, not (B, K, N, d_out).
@@ -20,9 +21,10 @@ from torch import nn
 
 @dataclass
 class LowRankResiduals:
-    """K expert residuals of a batch kept factored: ``Delta[b, k, n] = B[k] @ h[b, k, n]``.
+    """K expert residuals of a batch kept factored: ``Delta[b, k, n] = B[k] @ h[b, n, k]``.
 
-    ``h`` (B, K, N, r): the scaled down-projections ``s_k A_k x_bn``; ``up`` (K, d_out, r): the B_k.
+    ``h`` (B, N, K, r): the scaled down-projections ``s_k A_k x_bn`` (token-major: one GEMM makes it and one GEMM
+    consumes it); ``up`` (K, d_out, r): the B_k. Outputs follow the dense residuals' (B, K, N, ...) order.
     """
 
     h: torch.Tensor
@@ -31,7 +33,7 @@ class LowRankResiduals:
     @property
     def shape(self) -> torch.Size:
         """(B, K, N, d_out): the shape the dense residuals would have."""
-        b, k, n, _ = self.h.shape
+        b, n, k, _ = self.h.shape
         return torch.Size((b, k, n, self.up.shape[1]))
 
     @property
@@ -45,23 +47,23 @@ class LowRankResiduals:
     def row_norms(self, eps: float = 0.0) -> torch.Tensor:
         """(B, K, N): ``max(||Delta_bkn||, eps)`` (``F.normalize``'s denominator), via the r x r Gram B^T B."""
         gram = torch.einsum("kor,kos->krs", self.up, self.up)
-        squared = torch.einsum("bknr,krs,bkns->bkn", self.h, gram, self.h)
+        squared = torch.einsum("bnkr,krs,bnks->bkn", self.h, gram, self.h)
         return squared.clamp(min=eps * eps).sqrt() if eps > 0 else squared.clamp(min=0).sqrt()
 
     def inner(self, weight: torch.Tensor) -> torch.Tensor:
         """(B, K, N): ``<Delta_bkn, weight_n>`` for ``weight`` (N, d_out) shared by the experts."""
-        projected = torch.einsum("no,kor->knr", weight, self.up)  # B_k^T w_n
-        return torch.einsum("bknr,knr->bkn", self.h, projected)
+        projected = torch.einsum("no,kor->nkr", weight, self.up)  # B_k^T w_n
+        return (self.h * projected).sum(-1).transpose(1, 2)
 
     def combine(self, g: torch.Tensor) -> torch.Tensor:
         """``sum_k g_bk Delta_bk``: g (B, K) -> (B, N, d_out), one matmul with the stacked up-projections."""
-        b, k, n, r = self.h.shape
-        weighted = (g[:, :, None, None] * self.h).permute(0, 2, 1, 3).reshape(b, n, k * r)
-        return weighted @ self.up.permute(0, 2, 1).reshape(k * r, self.up.shape[1])
+        b, n, k, r = self.h.shape
+        weighted = (self.h * g[:, None, :, None]).reshape(b, n, k * r)
+        return weighted @ self.up.transpose(1, 2).reshape(k * r, self.up.shape[1])
 
     def dense(self) -> torch.Tensor:
         """(B, K, N, d_out): the residuals themselves (for tests and analysis; the layer never builds them)."""
-        return torch.einsum("bknr,kor->bkno", self.h, self.up)
+        return torch.einsum("bnkr,kor->bkno", self.h, self.up)
 
 
 Residuals = Union[torch.Tensor, LowRankResiduals]
@@ -127,8 +129,10 @@ class GatedLoRALinear(nn.Module):
         return self.base.out_features
 
     def expert_residuals(self, x: torch.Tensor) -> LowRankResiduals:
-        """All K residuals in one pass, factored: x (B, N, d_in) -> h (B, K, N, r) with the stacked B."""
-        h = torch.einsum("bni,kri->bknr", x, self.lora_A) * self.scaling.view(1, -1, 1, 1)
+        """All K residuals in one GEMM, factored: x (B, N, d_in) -> h (B, N, K, r) with the stacked B."""
+        k, r, d_in = self.lora_A.shape
+        h = torch.nn.functional.linear(x, self.lora_A.reshape(k * r, d_in))  # (B, N, K r)
+        h = h.view(*x.shape[:2], k, r) * self.scaling.view(1, 1, k, 1)
         return LowRankResiduals(h, self.lora_B)
 
     def gate_weights(self, residuals: Residuals) -> torch.Tensor:

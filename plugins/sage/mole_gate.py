@@ -45,9 +45,9 @@ class MoLEGate(nn.Module):
                              f"d_out={self.out_features}) residuals, got shape {tuple(delta.shape)}")
         if isinstance(delta, LowRankResiduals):
             k, n, o = self.num_experts, self.num_tokens, self.out_features
-            projected = torch.einsum("jkno,kor->jknr", self.weight.view(k, k, n, o), delta.up)
-            unit = delta.h / delta.row_norms(self.eps).unsqueeze(-1)
-            return torch.einsum("bknr,jknr->bj", unit, projected)
+            projected = torch.einsum("jkno,kor->jnkr", self.weight.view(k, k, n, o), delta.up)
+            unit = delta.h / delta.row_norms(self.eps).transpose(1, 2).unsqueeze(-1)  # (B, N, K, r)
+            return torch.einsum("bnkr,jnkr->bj", unit, projected)
         omega = F.normalize(delta, p=2.0, dim=-1, eps=self.eps)
         return F.linear(omega.flatten(1), self.weight)
 

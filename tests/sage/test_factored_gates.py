@@ -65,7 +65,7 @@ def test_factored_gate_equals_the_dense_formula(kind, k):
 
 def test_low_rank_residuals_algebra():
     g = torch.Generator().manual_seed(0)
-    h, up = torch.randn(2, 3, 4, 5, generator=g, dtype=DT), torch.randn(3, 6, 5, generator=g, dtype=DT)
+    h, up = torch.randn(2, 4, 3, 5, generator=g, dtype=DT), torch.randn(3, 6, 5, generator=g, dtype=DT)  # (B, N, K, r)
     res = LowRankResiduals(h, up)
     dense = res.dense()
     assert res.shape == dense.shape == (2, 3, 4, 6)
@@ -103,4 +103,4 @@ def test_no_dense_residual_tensor_is_created(kind):
     # nothing per sample, per expert and per output feature (MoLE's own weight is (K, K, N, d_out): no batch axis)
     assert not any(len(s) >= 4 and s[0] == batch and k in s[1:-1] and s[-1] == d_out for s in seen.shapes), \
         sorted(seen.shapes)
-    assert (batch, k, n, r) in seen.shapes  # the factored activations are what the layer holds
+    assert (batch, n, k, r) in seen.shapes  # the factored activations are what the layer holds
