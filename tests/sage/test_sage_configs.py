@@ -18,7 +18,8 @@ from plugins.tuners.inject import inject_lora, lora_factors_from_peft, lora_para
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "sage"
 # file -> (rank, alpha, number of sources) from the paper's settings (sage.md)
 PAPER = {"msmt.yml": (8, 32.0, 3), "duke.yml": (4, 16.0, 3), "market.yml": (4, 16.0, 3),
-         "msmt_cam5.yml": (8, 32.0, 4), "msmt_cam6.yml": (8, 32.0, 4)}
+         "msmt_cam5.yml": (8, 32.0, 4), "msmt_cam6.yml": (8, 32.0, 4),
+         "msmt_duke_iust_market.yml": (8, 32.0, 3), "msmt_ocduke_iust_market.yml": (8, 32.0, 3)}
 
 
 def load(name, tmp_path):
