@@ -15,6 +15,7 @@ from fastreid.utils import comm
 from fastreid.utils.env import seed_all_rng
 from plugins.config import import_methods, setup_cfg
 from plugins.engine.eval_only import check_eval_request, eval_record_dir, load_eval_weights, write_eval_record
+from plugins.engine.seeding import install_epoch_seeding
 from plugins.registry import TRAINER_REGISTRY
 
 import_methods()  # every method's trainers and models (plugins.config.METHODS)
@@ -56,6 +57,9 @@ def main(args):
             write_eval_record(record_dir, weights=cfg.MODEL.WEIGHTS or cfg.OUTPUT_DIR, results=results)
         return results
     trainer = trainer_cls(cfg)
+    # seeded runs: every epoch of a fast-reid trainer from (PLUGINS.SEED, epoch), so --resume repeats the run exactly;
+    # pipelines seed their stages themselves (plugins.engine.seeding)
+    install_epoch_seeding(trainer, cfg.PLUGINS.SEED if cfg.PLUGINS.SEED >= 0 else None)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 

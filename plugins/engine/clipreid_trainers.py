@@ -32,6 +32,7 @@ from ..modeling.meta_arch.clipreid import CLIPReID
 from ..registry import TRAINER_REGISTRY
 from .loaders import dataset_items
 from .pseudo_label_hook import unwrap_model
+from .seeding import derive_seed, seed_all
 
 __all__ = ["CLIPReIDPromptTrainer", "CLIPReIDTrainer", "PROMPTS_FILE", "FEATURES_FILE", "load_prompts",
            "text_feature_bank"]
@@ -183,6 +184,8 @@ class CLIPReIDPromptTrainer:
         bar = tqdm(range(self.start_epoch, self.max_epoch), desc="stage 1: prompt learning",
                    disable=not comm.is_main_process())
         for epoch in bar:
+            if int(self.cfg.PLUGINS.SEED) >= 0:  # an epoch resumed from prompt_training_last.pth repeats exactly
+                seed_all(derive_seed(self.cfg.PLUGINS.SEED, "prompt learning", epoch) + comm.get_rank())
             self.scheduler.step(epoch + 1)  # the official loop counts epochs from 1
             order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).to(device)
             total = 0.0

@@ -31,10 +31,11 @@ __all__ = ["EVAL_OPTIONAL_KEYS", "EvalOnlyError", "check_eval_request", "eval_re
 logger = logging.getLogger("fastreid." + __name__)
 
 # Keys that only training reads: classifiers over the training identities (fast-reid's ``heads.weight``, the
-# plugins' ``classifier*.weight``) and CLIP-ReID's per-identity prompts. A model or checkpoint may lack them, or
-# hold them for another number of identities; BatchNorm's step counter is bookkeeping.
+# plugins' ``classifier*.weight``) and CLIP-ReID's identity prompt learner (per-identity contexts and the template
+# embeddings around them). A model or checkpoint may lack them, or hold them for another number of identities;
+# BatchNorm's step counter is bookkeeping.
 EVAL_OPTIONAL_KEYS: Tuple[str, ...] = (r"^heads\.weight$", r"(^|\.)classifier\w*\.(weight|bias)$",
-                                       r"(^|\.)cls_ctx$", r"\.num_batches_tracked$")
+                                       r"(^|\.)prompt_learner\.", r"\.num_batches_tracked$")
 SHOW = 5  # keys named in an error
 
 

@@ -1,7 +1,9 @@
 """Stage folders of multi-stage pipelines (SAGE-reID, CLIP-ReID): each stage trains in its own ``OUTPUT_DIR``;
 a folder holding ``done.json`` is complete and skipped; a stage interrupted mid-way resumes from its last
 checkpoint (fast-reid's ``last_checkpoint``). Under torch.distributed every rank runs the same stages; rank 0
-writes the files.
+writes the files. With ``PLUGINS.SEED >= 0`` each stage starts from a seed derived from the run's seed and the stage's
+title, and each of its epochs from one derived from that and the epoch (``plugins.engine.seeding``), so a resumed run
+ends with the same numbers as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Callable, Dict, Optional
 from fastreid.utils import comm
 
 from .results import metrics_of
+from .seeding import install_epoch_seeding, seed_stage
 
 __all__ = ["DONE_FILE", "FINAL_CHECKPOINT", "from_main", "stage_log", "read_done", "write_done",
            "repair_last_checkpoint", "run_stage"]
@@ -109,7 +112,12 @@ def run_stage(title: str, cfg, trainer_cls, *,
 
     ``after_final_checkpoint(trainer)`` runs when a stage was killed after its last checkpoint but before
     ``done.json``: the final model is then evaluated again and the hook redoes what ``train()`` does after training
-    (e.g. exporting an adapter)."""
+    (e.g. exporting an adapter).
+
+    Seeding (``PLUGINS.SEED >= 0``): every RNG is seeded from ``(PLUGINS.SEED, title)`` before the trainer is built,
+    and a fast-reid trainer gets an ``EpochSeedHook`` (every epoch from ``(stage seed, epoch)``): the stage does not
+    depend on what ran before it in the process, nor on whether it resumes. ``title`` must therefore be unique within
+    a pipeline and the same from run to run (it is also the ``stage`` of ``done.json``)."""
     done = read_done(cfg.OUTPUT_DIR)
     if done is not None:
         logger.info(f"{title}: complete in {cfg.OUTPUT_DIR}, skipped")
@@ -118,7 +126,9 @@ def run_stage(title: str, cfg, trainer_cls, *,
     resuming = os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
     logger.info(f"{title}: {'resuming' if resuming else 'training'} in {cfg.OUTPUT_DIR}")
     with stage_log(cfg.OUTPUT_DIR):
+        stage_seed = seed_stage(cfg, title)  # before the trainer draws anything (model init, loaders, samplers)
         trainer = trainer_cls(cfg)
+        install_epoch_seeding(trainer, stage_seed)
         trainer.resume_or_load(resume=True)
         if trainer.start_epoch < trainer.max_epoch:
             results = trainer.train()
