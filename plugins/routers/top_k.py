@@ -37,8 +37,12 @@ class SoftmaxTopKRouter(Router):
         self.top_k = int(top_k)
         self.gate = nn.Linear(dim, num_experts, bias=bias)
 
+    def logits(self, inputs: torch.Tensor, **context) -> torch.Tensor:
+        """(B, ..., d) -> routing logits (B, ..., K); subclasses that route differently override this only."""
+        return self.gate(inputs)
+
     def route(self, inputs: torch.Tensor, **context) -> RouterOutput:
-        logits = self.gate(inputs)  # (B, ..., K)
+        logits = self.logits(inputs, **context)  # (B, ..., K)
         top, idx = logits.topk(self.top_k, dim=-1)
         weights = torch.zeros_like(logits).scatter(-1, idx, F.softmax(top, dim=-1))
         selected = torch.zeros_like(logits).scatter(-1, idx, 1.0)

@@ -40,17 +40,19 @@ class CLIPTextEncoder(nn.Module):
         """tokens (B, L) -> token embeddings (B, L, d) (no positional embedding)."""
         return self.token_embedding(tokens)
 
-    def forward_embeddings(self, embeddings: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+    def forward_embeddings(self, embeddings: torch.Tensor, eot_index: torch.Tensor, *,
+                           full_context: bool = False) -> torch.Tensor:
         """embeddings (B, L, d) (token embeddings, learned vectors spliced in), eot_index (B,) -> (B, E).
 
         Only the first ``max(eot_index) + 1`` positions are run: the tower is causal and reads the EOT token, so
         the padding after it never reaches the feature (the same values, at 12 / 77 of the cost for CLIP-ReID's
-        prompt)."""
+        prompt). ``full_context`` runs all L positions anyway (same feature), for modules inside the blocks
+        that read every token, e.g. a load-balancing loss averaged over the padding too."""
         if embeddings.shape[1] != self.context_length:
             raise ValueError(f"text embeddings have {embeddings.shape[1]} positions, the tower takes "
                              f"{self.context_length}")
         eot_index = eot_index.to(embeddings.device).long()
-        length = int(eot_index.max()) + 1
+        length = self.context_length if full_context else int(eot_index.max()) + 1
         x = embeddings[:, :length] + self.positional_embedding[:length].to(embeddings.dtype)
         x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
         x = self.ln_final(x)
@@ -58,6 +60,7 @@ class CLIPTextEncoder(nn.Module):
         proj = self.text_projection
         return proj(x) if isinstance(proj, nn.Linear) else x @ proj
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, L) long (EOT = the largest id of each row) -> (B, E)."""
-        return self.forward_embeddings(self.embed(tokens), tokens.argmax(dim=-1))
+    def forward(self, tokens: torch.Tensor, *, full_context: bool = False) -> torch.Tensor:
+        """tokens (B, L) long (EOT = the largest id of each row) -> (B, E); ``full_context``: see
+        ``forward_embeddings``."""
+        return self.forward_embeddings(self.embed(tokens), tokens.argmax(dim=-1), full_context=full_context)
