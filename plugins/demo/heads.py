@@ -1,0 +1,32 @@
+"""Training heads of DeMo: BNNeck (bias frozen) + bias-free classifier, and the loss of one supervised feature."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from fastreid.modeling.losses import triplet_loss
+from torch import nn
+
+__all__ = ["bnneck", "classifier", "id_and_triplet"]
+
+
+def bnneck(dim: int) -> nn.BatchNorm1d:
+    """BatchNorm1d with weight 1, bias 0 and the bias frozen (BNNeck, as the official code)."""
+    bn = nn.BatchNorm1d(dim)
+    nn.init.ones_(bn.weight)
+    nn.init.zeros_(bn.bias)
+    bn.bias.requires_grad_(False)
+    return bn
+
+
+def classifier(dim: int, num_classes: int) -> nn.Linear:
+    layer = nn.Linear(dim, num_classes, bias=False)
+    nn.init.normal_(layer.weight, std=0.001)
+    return layer
+
+
+def id_and_triplet(feat: torch.Tensor, neck: nn.Module, cls: nn.Module, targets: torch.Tensor, *,
+                   label_smooth: float, margin: float):
+    """(label-smoothed CE of cls(neck(feat)), batch-hard triplet on feat) for feat (B, D); margin 0 = soft margin
+    (softplus), as the official ``TripletLoss()`` without a margin."""
+    ce = F.cross_entropy(cls(neck(feat)), targets, label_smoothing=label_smooth)
+    return ce, triplet_loss(feat, targets, margin, False, True)
