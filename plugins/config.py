@@ -23,6 +23,9 @@ METHODS: Dict[str, str] = {
     "sage": "plugins.sage",
     "clipreid": "plugins.clipreid",
     "mosaic": "plugins.mosaic",
+    "moekd": "plugins.moekd",
+    "dmadapter": "plugins.dmadapter",
+    "demo": "plugins.demo",
 }
 
 

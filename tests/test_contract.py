@@ -45,6 +45,11 @@ _VIT = {"MODEL.BACKBONE.NAME": "build_timm_vit_backbone", "MODEL.BACKBONE.TIMM_V
 _CLIP = {"MODEL.BACKBONE.CLIP.NAME": "tiny", "MODEL.BACKBONE.CLIP.NUM_CAMERAS": 3, "MODEL.BACKBONE.FEAT_DIM": 128,
          "MODEL.BACKBONE.CLIP.WEIGHTS": ""}
 
+# MoE-KD: tiny CLIP + tiny random ALIGN experts (frozen), narrow adapters / gate / projection
+_MOEKD = {"MODEL.BACKBONE.CLIP.NAME": "tiny", "MODEL.BACKBONE.CLIP.WEIGHTS": "", "MOEKD.ALIGN.WIDTH_COEFFICIENT": 0.25,
+          "MOEKD.ALIGN.DEPTH_COEFFICIENT": 0.25, "MOEKD.FEAT_DIM": 64, "MOEKD.CLIP.ADAPTER_HIDDEN": 32,
+          "MOEKD.GATE.HIDDEN": [16, 8], "MOEKD.STUDENT.PROJ_DIM": 64}
+
 # (registry, name) -> config overrides on BASE that put the component in a model. One line per component.
 MODELS: dict[tuple[str, str], dict] = {
     ("BACKBONE", "build_timm_vit_backbone"): _VIT,
@@ -58,6 +63,12 @@ MODELS: dict[tuple[str, str], dict] = {
     ("META_ARCH", "MoSAIC"): {**_CLIP, "MODEL.META_ARCHITECTURE": "MoSAIC", "CLIPREID.I2T_WEIGHT": 0.0,
                               "DATASETS.NAMES": ("Market1501Attribute",), "DATASETS.TESTS": ("Market1501Attribute",),
                               "PLUGINS.DATA.ATTRIBUTES": True, "MOSAIC.LAST_K": 2},
+    ("META_ARCH", "DeMo"): {**_CLIP, "MODEL.META_ARCHITECTURE": "DeMo", "PLUGINS.DATA.MODALITIES": ["RGB", "NI", "TI"],
+                            "DEMO.HDM_DROPOUT": 0.0},
+    ("META_ARCH", "DMAdapter"): {**_CLIP, "MODEL.BACKBONE.CLIP.NUM_CAMERAS": 0, "MODEL.META_ARCHITECTURE": "DMAdapter"},
+    ("META_ARCH", "MoEKDTeacher"): {**_MOEKD, "MODEL.META_ARCHITECTURE": "MoEKDTeacher"},
+    ("META_ARCH", "MoEKDStudent"): {**_MOEKD, "MODEL.META_ARCHITECTURE": "MoEKDStudent",
+                                    "MOEKD.STUDENT.TEACHER_WEIGHTS": "random"},  # tests/moekd: the trained path
 }
 # Market attribute vectors of the 4-image batch (binary fields alternate; age 0-3; one colour per group).
 _ATTRS = torch.zeros(4, 27, dtype=torch.long)
@@ -66,19 +77,30 @@ _ATTRS[:, 9] = torch.arange(4)
 _ATTRS[torch.arange(4), torch.tensor([10, 11, 12, 13])] = 1
 _ATTRS[torch.arange(4), torch.tensor([18, 19, 20, 21])] = 1
 # (registry, name) -> extra batch keys a model component reads (plugins/data/batch.py).
-BATCH_EXTRAS: dict[tuple[str, str], dict] = {("META_ARCH", "MoSAIC"): {"attributes": _ATTRS}}
+BATCH_EXTRAS: dict[tuple[str, str], dict] = {("META_ARCH", "MoSAIC"): {"attributes": _ATTRS},
+                                             ("META_ARCH", "DeMo"): {"modalities": {
+                                                 m: torch.rand(4, 3, 64, 32) * 255 for m in ("RGB", "NI", "TI")}}}
+# DM-Adapter trains on (image, caption) pairs: SOT, 4 word ids, EOT, padding
+_CAPTIONS = torch.zeros(4, 77, dtype=torch.long)
+_CAPTIONS[:, 0], _CAPTIONS[:, 1:5], _CAPTIONS[:, 5] = 49406, torch.randint(1, 49405, (4, 4)), 49407
+BATCH_EXTRAS[("META_ARCH", "DMAdapter")] = {"text_tokens": _CAPTIONS}
 # dataset name -> the test file that reads real-format samples with it.
 DATASETS: dict[str, str] = {
     **{n: "tests/data/test_readers_attributes.py" for n in ("Market1501Attribute", "DukeMTMCAttribute")},
     **{f"SynthReID{c}": "tests/data/test_readers_synthetic.py" for c in ("A", "B", "C", "D", "Pretrain")},
     **{f"SynthReIDAttr{c}": "tests/data/test_readers_synthetic.py" for c in ("A", "B", "C", "D")},
     **{n: "tests/data/test_readers_multimodal.py" for n in ("RGBNT201", "RGBNT100", "MSVR310")},
+    "SynthRGBNT201": "tests/demo/test_demo_data.py",
+    **{f"SynthPedes{c}": "tests/dmadapter/test_dmadapter_data.py" for c in "ABCD"},
     **{n: "tests/data/test_readers_text.py" for n in ("CUHKPEDES", "ICFGPEDES", "RSTPReid")},
+    **{n: "tests/data/test_readers_market_layout.py" for n in ("OccludedDukeMTMC", "IUSTPersonReID")},
     **{f"MSMT17Cam{c}": "tests/data/test_readers_msmt17_cameras.py"
        for c in ("5", "6", "12", "13", "14", "15", "5_6", "12_13_14_15")},
 }
 # readers that build their own tree on first use (procedural data), so an empty root is not an error for them.
 GENERATES_TREE = {f"SynthReID{c}" for c in ("A", "B", "C", "D", "Pretrain")} | {f"SynthReIDAttr{c}" for c in "ABCD"}
+GENERATES_TREE |= {"SynthRGBNT201"}
+GENERATES_TREE |= {f"SynthPedes{c}" for c in "ABCD"}
 # trainer name -> config overrides for construction, or None when only the class contract is checked here.
 TRAINERS: dict[str, dict | None] = {
     "PseudoLabelTrainer": None,  # construction needs a dataset tree: only the class contract is checked here
@@ -90,11 +112,20 @@ TRAINERS: dict[str, dict | None] = {
     "CLIPReIDPipeline": None,  # tests/clipreid/test_pipeline.py runs it end to end
     "MoSAICTrainer": None,  # needs a CLIP-ReID checkpoint and an attribute dataset: tests/mosaic/test_mosaic_pipeline.py
     "MoSAICPipeline": None,  # tests/mosaic/test_mosaic_pipeline.py runs it end to end
+    "MoEKDTrainer": None,  # needs a dataset tree: tests/moekd/test_moekd_pipeline.py runs it for every row
+    "MoEKDPipeline": None,  # tests/moekd/test_moekd_pipeline.py runs it end to end
+    "DeMoTrainer": None,  # needs a multi-modal dataset tree: tests/demo/test_demo_ladder.py runs it
+    "DeMoLadder": None,  # tests/demo/test_demo_ladder.py runs it end to end
+    "DMAdapterTrainer": None,  # needs a text dataset tree: tests/dmadapter/test_dmadapter_train.py runs it end to end
 }
 # router name -> (constructor keywords, function making (inputs, context)); weights are (*inputs.shape[:-1], K).
 _SCHEMA = build_schema(MARKET_ATTRIBUTES)
 ROUTERS: dict[str, tuple[dict, object]] = {
+    "TopOneGate": ({"in_dim": 8, "num_experts": 2, "hidden": (16,)},  # MoE-KD: one-hot forward, soft gradient
+                   lambda: (torch.randn(4, 8, requires_grad=True), {})),
     "SoftmaxTopKRouter": ({"dim": 8, "num_experts": 4, "top_k": 2},
+                          lambda: (torch.randn(2, 5, 8, requires_grad=True), {})),
+    "DomainAwareRouter": ({"dim": 8, "num_experts": 4, "top_k": 2},
                           lambda: (torch.randn(2, 5, 8, requires_grad=True), {})),
     # reads attribute vectors (B, A): nothing to differentiate, no parameters
     "OracleAttributeRouter": ({"schema": _SCHEMA}, lambda: (_ATTRS.clone(), {})),
@@ -104,6 +135,12 @@ ROUTERS: dict[str, tuple[dict, object]] = {
 }
 # loss name -> (constructor keywords, function making its inputs (requires_grad leaves first)).
 LOSSES: dict[str, tuple[dict, object]] = {
+    "KDLoss": ({"temperature": 4.0}, lambda: ((torch.randn(4, 5, requires_grad=True),), (torch.randn(4, 5),))),
+    "FeatureMSELoss": ({}, lambda: ((torch.randn(4, 8, requires_grad=True),), (torch.randn(4, 8),))),
+    "AttentionTransferLoss": ({}, lambda: ((torch.randn(4, 6, 4, 2, requires_grad=True),), (torch.rand(4, 8, 4),))),
+    "GramRelationLoss": ({}, lambda: ((torch.randn(4, 8, requires_grad=True),), (torch.randn(4, 16),))),
+    "SDMLoss": ({"temperature": 0.02}, lambda: ((torch.randn(4, 8, requires_grad=True),
+                                                 torch.randn(4, 8, requires_grad=True)), (torch.tensor([0, 1, 0, 2]),))),
     "SupConLoss": ({"temperature": 1.0}, lambda: ((torch.randn(4, 8, requires_grad=True),
                                                    torch.randn(6, 8, requires_grad=True)),
                                                   (torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 2, 0, 1, 2])))),

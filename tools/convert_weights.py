@@ -4,6 +4,8 @@
     python tools/convert_weights.py --from clipreid --input OFFICIAL.pth --output OURS.pth \
         [--config-file configs/clipreid/market.yml] [--clip ViT-B-16.pt] [KEY VALUE ...]
     python tools/convert_weights.py --from openai-clip --input ViT-B-16.pt --output clip.safetensors
+    python tools/convert_weights.py --from dmadapter --input OFFICIAL.pth --output OURS.pth \
+        [--config-file configs/dmadapter/cuhk_pedes.yml] [KEY VALUE ...]
     python tools/convert_weights.py --from torchreid-osnet --input osnet_x0_25_market1501.pt --output OURS.pth \
         [--config-file configs/base/osnet_x0_25_market_eval.yml] [--drop-classifier] [--all-rows]
 
@@ -37,6 +39,19 @@ open_clip's key names (torch or safetensors, ``module.`` allowed) -> a plain ``.
 names, dtypes as stored; OpenAI's metadata entries (``input_resolution``, ``context_length``, ``vocab_size``) are
 dropped. Use it as ``MODEL.BACKBONE.CLIP.WEIGHTS`` or as ``--clip`` here.
 
+``--from dmadapter``: an official DM-Adapter checkpoint (Liu-Yating/DM-Adapter, an IRRA fork: ``{"model": ...}``,
+1,026 keys for ViT-B/16, mixed precision, ``module.`` may prefix) -> a fast-reid checkpoint ``{"model": ...}`` of
+``DMAdapter`` (float32) for ``configs/dmadapter/*.yml``; the mapping table is in ``plugins/dmadapter/convert.py``.
+The official parameters that never enter its forward (``vision_param``, ``text_param``, ``co_vision_param``,
+``v2i_proj.*``: 395,776 values) are dropped with a log line. With ``--config-file`` the result is loaded strictly
+into ``DMAdapter`` built from the config.
+
+``--from demo``: an official DeMo checkpoint (924973292/DeMo, ``torch.save(model.state_dict())``, ``module.`` may
+prefix) -> a fast-reid checkpoint ``{"model": ...}`` of ``DeMo`` (float32) for ``configs/demo/*.yml``; the mapping
+table is in ``plugins/demo/convert.py``. The model's shape (identities, cameras, PIFE / HDM / ATMoE, H, joint or
+per-modality heads) is read from the checkpoint and printed; with ``--config-file`` those keys are set on the
+config and the result is loaded strictly into ``DeMo`` built from it.
+
 ``--from torchreid-osnet``: a torchreid OSNet ReID checkpoint -> a fast-reid ``Baseline`` checkpoint
 (``build_osnet_backbone`` + ``FCEmbeddingHead``); the mapping and its table are in ``plugins/modeling/convert_osnet.py``.
 Every key is accounted for in the printed table; unmatched or mis-shaped backbone / embedding keys exit with 1.
@@ -60,7 +75,7 @@ from plugins.clipreid.convert import (TOKEN_EMBEDDING_KEY, CheckpointInfo, Conve
 from plugins.compat.checkpoint import UnsafeCheckpointError
 from plugins.modeling.backbones.clip.weights import load_state_strict, read_state_dict
 
-FORMATS = ("clipreid", "openai-clip", "torchreid-osnet")
+FORMATS = ("clipreid", "openai-clip", "torchreid-osnet", "dmadapter", "demo")
 PERSON_PROMPT = "A photo of a X X X X person."  # the official prompt of the person datasets
 
 
@@ -271,13 +286,76 @@ def convert_torchreid_osnet(args) -> int:
     return 0
 
 
+def convert_dmadapter(args) -> int:
+    from plugins.dmadapter.convert import convert_official_state
+
+    if args.output.endswith(".safetensors"):
+        raise ValueError("fast-reid's Checkpointer reads torch files only: use a .pth --output")
+    conv = convert_official_state(read_state_dict(args.input), source=args.input)  # float32, module. stripped
+    print(f"dropped {len(conv.dropped)} official parameters that never enter the forward: {sorted(conv.dropped)}")
+    if args.config_file:
+        from fastreid.modeling import build_model
+        from plugins.config import import_methods, setup_cfg
+
+        import_methods()
+        cfg = setup_cfg(args.config_file, args.opts, freeze=False)
+        if cfg.MODEL.META_ARCHITECTURE != "DMAdapter":
+            raise ValueError(f"--config-file '{args.config_file}' builds {cfg.MODEL.META_ARCHITECTURE!r}; DM-Adapter "
+                             f"checkpoints load into 'DMAdapter'")
+        cfg.MODEL.BACKBONE.PRETRAIN, cfg.MODEL.DEVICE = False, "cpu"  # the checkpoint supplies every weight
+        load_state_strict(build_model(cfg), conv.state, args.input)
+        print(f"loaded strictly into DMAdapter built from {args.config_file}")
+    else:
+        print("not loaded into a model (no --config-file)")
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    torch.save({"model": conv.state}, args.output)
+    print(f"converted from=dmadapter keys={len(conv.state)} output={args.output}")
+    return 0
+
+
+def convert_demo(args) -> int:
+    from plugins.demo.convert import convert_official_state
+
+    if args.output.endswith(".safetensors"):
+        raise ValueError("fast-reid's Checkpointer reads torch files only: use a .pth --output")
+    conv = convert_official_state(read_state_dict(args.input), source=args.input)  # float32, module. stripped
+    shape = conv.shape
+    inferred = [("MODEL.HEADS.NUM_CLASSES", shape.num_classes), ("MODEL.BACKBONE.CLIP.NUM_CAMERAS", shape.num_cameras),
+                ("DEMO.PIFE", shape.pife), ("DEMO.HDM", shape.hdm), ("DEMO.ATMOE", shape.atmoe),
+                ("DEMO.MOE_HEADS", shape.moe_heads), ("DEMO.HEADS", shape.heads)]
+    print(tabulate([(k, v) for k, v in inferred if v is not None] + [("patches + CLS", f"{shape.num_patches} + 1")],
+                   headers=["read from the checkpoint", "value"], tablefmt="github"))
+    if args.config_file:
+        from fastreid.modeling import build_model
+        from plugins.config import import_methods, setup_cfg
+
+        import_methods()
+        cfg = setup_cfg(args.config_file, args.opts, freeze=False)
+        if cfg.MODEL.META_ARCHITECTURE != "DeMo":
+            raise ValueError(f"--config-file '{args.config_file}' builds {cfg.MODEL.META_ARCHITECTURE!r}; DeMo "
+                             f"checkpoints load into 'DeMo'")
+        cfg.merge_from_list([x for k, v in inferred if v is not None for x in (k, v)])
+        cfg.MODEL.BACKBONE.PRETRAIN, cfg.MODEL.DEVICE = False, "cpu"  # the checkpoint supplies every weight
+        load_state_strict(build_model(cfg), conv.state, args.input)
+        print(f"loaded strictly into DeMo built from {args.config_file}")
+    else:
+        print("not loaded into a model (no --config-file)")
+    print("the checkpoint does not record MODEL.BACKBONE.SIE_COE (official configs: 1.0) nor the test feature "
+          "(DEMO.TEST_FEATURE): set them as the run used them")
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    torch.save({"model": conv.state}, args.output)
+    print(f"converted from=demo keys={len(conv.state)} output={args.output}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     for flag, path in (("--input", args.input), ("--clip", args.clip), ("--config-file", args.config_file)):
         if path and not os.path.isfile(path):
             raise SystemExit(f"convert_weights --from {args.source_format}: error: {flag} '{path}' does not exist")
     run = {"clipreid": convert_clipreid, "openai-clip": convert_openai_clip,
-           "torchreid-osnet": convert_torchreid_osnet}[args.source_format]
+           "torchreid-osnet": convert_torchreid_osnet, "dmadapter": convert_dmadapter,
+           "demo": convert_demo}[args.source_format]
     try:
         return run(args)
     except (FileNotFoundError, KeyError, ValueError, UnsafeCheckpointError) as err:
