@@ -6,22 +6,9 @@ import torch.nn.functional as F
 from fastreid.modeling.losses import triplet_loss
 from torch import nn
 
+from ..modeling.heads.bnneck import bias_free_classifier as classifier, bnneck
+
 __all__ = ["bnneck", "classifier", "id_and_triplet"]
-
-
-def bnneck(dim: int) -> nn.BatchNorm1d:
-    """BatchNorm1d with weight 1, bias 0 and the bias frozen (BNNeck, as the official code)."""
-    bn = nn.BatchNorm1d(dim)
-    nn.init.ones_(bn.weight)
-    nn.init.zeros_(bn.bias)
-    bn.bias.requires_grad_(False)
-    return bn
-
-
-def classifier(dim: int, num_classes: int) -> nn.Linear:
-    layer = nn.Linear(dim, num_classes, bias=False)
-    nn.init.normal_(layer.weight, std=0.001)
-    return layer
 
 
 def id_and_triplet(feat: torch.Tensor, neck: nn.Module, cls: nn.Module, targets: torch.Tensor, *,

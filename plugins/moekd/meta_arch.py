@@ -19,7 +19,6 @@ import os
 from typing import Dict, Optional
 
 import torch
-import torch.nn.functional as F
 from fastreid.config import configurable
 from fastreid.modeling.losses import cross_entropy_loss, triplet_loss
 from fastreid.modeling.meta_arch.build import META_ARCH_REGISTRY
@@ -27,6 +26,7 @@ from torch import nn
 
 from ..compat.checkpoint import load_checkpoint_file
 from ..modeling.losses.distillation import attention_transfer_loss, feature_mse_loss, gram_relation_loss, kd_loss
+from ..modeling.heads.bnneck import bias_free_classifier, bnneck
 from ..modeling.teachers import FrozenTeacher
 from .build import build_mixture, resnet_from_cfg, resnet_width
 from .experts import ExpertOutput
@@ -37,18 +37,6 @@ __all__ = ["MoEKDTeacher", "MoEKDStudent", "RANDOM_TEACHER"]
 logger = logging.getLogger("fastreid." + __name__)
 
 RANDOM_TEACHER = "random"  # MOEKD.STUDENT.TEACHER_WEIGHTS for tests: a randomly initialised teacher, said aloud
-
-
-def _bnneck(dim: int) -> nn.BatchNorm1d:
-    bn = nn.BatchNorm1d(dim)
-    bn.bias.requires_grad_(False)
-    return bn
-
-
-def _classifier(dim: int, num_classes: int) -> nn.Linear:
-    layer = nn.Linear(dim, num_classes, bias=False)
-    nn.init.normal_(layer.weight, std=0.001)
-    return layer
 
 
 def _task_losses(feature, logits, targets, *, eps, beta, margin) -> Dict[str, torch.Tensor]:
@@ -80,9 +68,9 @@ class MoEKDTeacher(nn.Module):
         """
         super().__init__()
         self.mixture = mixture
-        self.bottleneck = _bnneck(mixture.feat_dim)
+        self.bottleneck = bnneck(mixture.feat_dim)
         self.num_classes = int(num_classes)
-        self.classifier = _classifier(mixture.feat_dim, self.num_classes) if self.num_classes > 0 else None
+        self.classifier = bias_free_classifier(mixture.feat_dim, self.num_classes) if self.num_classes > 0 else None
         self.triplet_weight, self.triplet_margin = float(triplet_weight), float(triplet_margin)
         self.label_smooth = float(label_smooth)
         self.cache = None  # an ExpertCache (plain attribute: never in the state dict)
@@ -179,7 +167,7 @@ class MoEKDStudent(nn.Module):
         self.projection = nn.Sequential(nn.Linear(backbone_dim, proj_dim), nn.BatchNorm1d(proj_dim),
                                         nn.ReLU(inplace=True))
         self.num_classes = int(num_classes)
-        self.classifier = _classifier(proj_dim, self.num_classes) if self.num_classes > 0 else None
+        self.classifier = bias_free_classifier(proj_dim, self.num_classes) if self.num_classes > 0 else None
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, -1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, -1, 1, 1), False)
         self.weights = {"kd": float(kd_weight), "feat": float(feat_weight), "att": float(att_weight),

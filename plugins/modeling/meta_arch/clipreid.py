@@ -22,27 +22,13 @@ from fastreid.modeling.losses import triplet_loss
 from fastreid.modeling.meta_arch.build import META_ARCH_REGISTRY
 from torch import nn
 
+from ..heads.bnneck import bias_free_classifier, bnneck
 from ..backbones.clip import (CLIPImageEncoder, CLIPImageFeatures, CLIPTextEncoder, IdentityPromptLearner,
                               clip_from_cfg, image_encoder_from_cfg)
 
 __all__ = ["CLIPReID"]
 
 NECK_FEATS = ("before", "after")
-
-
-def _bnneck(dim: int) -> nn.BatchNorm1d:
-    """BatchNorm1d with weight 1, bias 0 and the bias frozen (BNNeck, as the official code)."""
-    bn = nn.BatchNorm1d(dim)
-    nn.init.ones_(bn.weight)
-    nn.init.zeros_(bn.bias)
-    bn.bias.requires_grad_(False)
-    return bn
-
-
-def _classifier(dim: int, num_classes: int) -> nn.Linear:
-    layer = nn.Linear(dim, num_classes, bias=False)
-    nn.init.normal_(layer.weight, std=0.001)
-    return layer
 
 
 @META_ARCH_REGISTRY.register()
@@ -72,12 +58,12 @@ class CLIPReID(nn.Module):
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder.requires_grad_(False)
         width, embed = image_encoder.width, image_encoder.embed_dim
-        self.bottleneck = _bnneck(width)
-        self.bottleneck_proj = _bnneck(embed)
+        self.bottleneck = bnneck(width)
+        self.bottleneck_proj = bnneck(embed)
         self.num_classes = int(num_classes)
         if self.num_classes > 0:
-            self.classifier = _classifier(width, self.num_classes)
-            self.classifier_proj = _classifier(embed, self.num_classes)
+            self.classifier = bias_free_classifier(width, self.num_classes)
+            self.classifier_proj = bias_free_classifier(embed, self.num_classes)
             self.prompt_learner = IdentityPromptLearner(num_ids=self.num_classes, text_encoder=text_encoder,
                                                         template=prompt, init_std=prompt_init_std)
             self.prompt_learner.requires_grad_(False)  # stage 2 default; stage 1 calls train_prompts_only()
