@@ -14,12 +14,12 @@ Rows, all measured in this run on random weights (speed does not depend on the v
 The last line is ``clip model=<m> train_img_s=<x> extract_img_s=<y> stage1_cache_speedup=<z>``.
 """
 import argparse
-import time
 
 import torch
 from tabulate import tabulate
 
 import plugins  # noqa: F401  (host-compat patches + registrations)
+from plugins.timing import seconds_per_call
 from fastreid.modeling import build_model
 from fastreid.utils.events import EventStorage
 from plugins.config import import_methods, setup_cfg
@@ -37,19 +37,6 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", action="store_true", help="fp16 autocast (CUDA only)")
     return p.parse_args(argv)
-
-
-def timed(fn, iters: int, device: str) -> float:
-    """Seconds per call of ``fn`` (one untimed warm-up call)."""
-    fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / iters
 
 
 def main(argv=None) -> dict:
@@ -88,8 +75,8 @@ def main(argv=None) -> dict:
         with torch.inference_mode(), autocast():
             model(batch)
 
-    t_train = timed(train_step, args.iters, device)
-    t_extract = timed(extract, args.iters, device)
+    t_train = seconds_per_call(train_step, args.iters, device)
+    t_extract = seconds_per_call(extract, args.iters, device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         train_step()
@@ -116,8 +103,8 @@ def main(argv=None) -> dict:
             features = model.prompt_image_features(images).float()
         stage1_step(features)
 
-    t_cached = timed(lambda: stage1_step(cached), args.iters, device)
-    t_uncached = timed(uncached_step, args.iters, device)
+    t_cached = seconds_per_call(lambda: stage1_step(cached), args.iters, device)
+    t_uncached = seconds_per_call(uncached_step, args.iters, device)
     rows = [["stage-2 train step", f"{b / t_train:.2f} images/s", f"{t_train:.3f} s/step"],
             ["feature extraction", f"{b / t_extract:.2f} images/s", f"{t_extract:.3f} s/batch"],
             ["stage-1 step, cached image features", f"{b / t_cached:.2f} images/s", f"{t_cached:.4f} s/step"],

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import torch
 from tabulate import tabulate
 
 import plugins  # noqa: F401  (host-compat patches + registrations)
+from plugins.timing import seconds_per_call
 from fastreid.modeling import build_model
 from fastreid.utils.events import EventStorage
 from plugins.config import import_methods, setup_cfg
@@ -82,18 +82,6 @@ def macs_per_sample(config: str) -> float:
     return counter.get_total_flops() / 2 / 1e9
 
 
-def timed(fn, iters: int, device: str) -> float:
-    fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / iters
-
-
 def throughput(config: str, args, *opts) -> tuple:
     """(train triplets/s, inference triplets/s) of ``config`` at ``--model``."""
     h, w = SIZES[args.model]
@@ -118,9 +106,9 @@ def throughput(config: str, args, *opts) -> tuple:
 
     model.train()
     with EventStorage():
-        train_s = timed(step, args.iters, args.device)
+        train_s = seconds_per_call(step, args.iters, args.device)
     model.eval()
-    infer_s = timed(infer, args.iters, args.device)
+    infer_s = seconds_per_call(infer, args.iters, args.device)
     return args.batch / train_s, args.batch / infer_s
 
 

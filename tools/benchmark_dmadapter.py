@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import plugins  # noqa: F401
+from plugins.timing import seconds_per_call
 from plugins.config import import_methods, setup_cfg
 
 MODELS = {"tiny": ("tiny", [128, 64]), "vitb16": ("ViT-B-16", [384, 128])}
@@ -32,21 +32,6 @@ def _cfg(model: str, device: str, *extra):
     return setup_cfg("", ["MODEL.META_ARCHITECTURE", "DMAdapter", "MODEL.DEVICE", device, "MODEL.BACKBONE.CLIP.NAME",
                           name, "MODEL.BACKBONE.CLIP.WEIGHTS", "", "MODEL.BACKBONE.PRETRAIN", "False",
                           "INPUT.SIZE_TRAIN", str(size), "INPUT.SIZE_TEST", str(size), *extra])
-
-
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn, repeats: int, device: str) -> float:
-    fn()  # warm-up
-    _sync(device)
-    t = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - t) / repeats
 
 
 def _captions(n: int, device: str) -> torch.Tensor:
@@ -89,14 +74,14 @@ def bench(model_name: str, args) -> None:
         sum(losses.values()).backward()
         opt.step()
 
-    report(model_name, f"train_pairs_per_s(batch={b})", b / _timed(step, args.repeats, dev), "pairs/s")
+    report(model_name, f"train_pairs_per_s(batch={b})", b / seconds_per_call(step, args.repeats, dev), "pairs/s")
 
     # retrieval
     model.eval()
     n_gal, n_cap = args.gallery, args.captions
     img_batch = torch.rand(min(n_gal, args.image_batch), 3, h, w, device=dev) * 255
     with torch.no_grad():
-        t_img = _timed(lambda: model({"images": img_batch}), max(1, args.repeats // 2), dev)
+        t_img = seconds_per_call(lambda: model({"images": img_batch}), max(1, args.repeats // 2), dev)
         report(model_name, "gallery_images_per_s", img_batch.shape[0] / t_img, "images/s")
         gallery = torch.nn.functional.normalize(torch.randn(n_gal, model.image_encoder.embed_dim, device=dev), dim=1)
         tokens = _captions(n_cap, dev)
@@ -106,7 +91,7 @@ def bench(model_name: str, args) -> None:
                 q = torch.nn.functional.normalize(model({"text_tokens": tokens[s:s + 128]}), dim=1)
                 (q @ gallery.t()).topk(min(10, n_gal), dim=1)
 
-        report(model_name, f"retrieval_captions_per_s(gallery={n_gal})", n_cap / _timed(retrieve, 1, dev),
+        report(model_name, f"retrieval_captions_per_s(gallery={n_gal})", n_cap / seconds_per_call(retrieve, 1, dev),
                "captions/s")
 
         # cost of the SMA over the plain CLIP (the same towers from open_clip, no SMA)
@@ -129,7 +114,7 @@ def bench(model_name: str, args) -> None:
                 report(model_name, f"flops_per_{what}({label})", fc.get_total_flops(), "FLOP")
             report(model_name, f"params({label})", sum(p.numel() for p in m.parameters()), "params")
             report(model_name, f"image_tower_images_per_s({label})",
-                   img_batch.shape[0] / _timed(many, max(1, args.repeats // 2), dev), "images/s")
+                   img_batch.shape[0] / seconds_per_call(many, max(1, args.repeats // 2), dev), "images/s")
 
 
 def _plain_text(clip, tokens: torch.Tensor) -> torch.Tensor:
