@@ -3,6 +3,10 @@
 Before the chosen epochs: extract L2-normalised features of every target image with the current model ->
 sparse k-reciprocal Jaccard distance -> DBSCAN -> drop outliers -> new fast-reid train loader on the
 pseudo-labels -> classifier re-initialised from the L2-normalised cluster centroids.
+
+The hook is stateful (the labels of the last clustering, the classifier built on them, the eps that the rho
+heuristic fixed at the first clustering), so it is one of the trainer's checkpointables: a resumed run trains on
+the clusters it had when it stopped instead of re-clustering with the resumed model mid-period.
 """
 from __future__ import annotations
 
@@ -161,6 +165,7 @@ class PseudoLabelHook(HookBase):
         self.last: ClusterResult | None = None
         self.pseudo_items: list[tuple[str, int, object]] = []
         self._clustered_once = False
+        self._last_epoch = -1
 
     @classmethod
     def from_config(cls, cfg) -> "PseudoLabelHook":
@@ -169,8 +174,48 @@ class PseudoLabelHook(HookBase):
                    period=p.PERIOD, classifier_frozen=p.CLASSIFIER_FROZEN, feature_batch=p.FEATURE_BATCH)
 
     def before_train(self):
+        if self.items is None:  # (already set when the state was restored from a checkpoint)
+            self.items = self._pool_items()
+
+    def _pool_items(self) -> list[tuple[str, object]]:
         # The initial loader's items are the unlabelled pool; their pids are never read again.
-        self.items = [(it[0], it[2]) for it in self.trainer.data_loader.dataset.img_items]
+        return [(it[0], it[2]) for it in self.trainer.data_loader.dataset.img_items]
+
+    # --- checkpointable (fast-reid's Checkpointer saves / loads it with the model) ---------------------------------
+
+    def state_dict(self) -> dict:
+        """The last clustering: labels (N,) over the pool, centroids (C, D), eps, the classifier (C, D) trained on
+        it and the epoch it was made for; {} before the first clustering. Tensors and numbers only, so the
+        checkpoint still loads with ``torch.load(weights_only=True)``."""
+        if self.last is None:
+            return {}
+        return {"labels": torch.from_numpy(self.last.labels), "centroids": torch.from_numpy(self.last.centroids),
+                "eps": float(self.last.eps), "epoch": int(self._last_epoch),
+                "classifier": unwrap_model(self.trainer._trainer.model).heads.weight.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the clustering of a checkpoint: the train loader on its pseudo-labels and the classifier it had.
+
+        Called by the Checkpointer before the optimizer state is loaded (``PseudoLabelTrainer`` puts the hook
+        first), so the classifier the optimizer's momentum refers to already has the checkpoint's shape."""
+        if not state:
+            return
+        self.items = self._pool_items()
+        labels = state["labels"].numpy().astype(np.int64)
+        if labels.shape != (len(self.items),):
+            raise ValueError(f"the checkpoint's pseudo-labels cover {labels.shape[0]} images but the unlabelled pool "
+                             f"of DATASETS.NAMES {tuple(self.cfg.DATASETS.NAMES)} has {len(self.items)}: the target "
+                             f"set changed since the checkpoint was written (delete OUTPUT_DIR's checkpoints to restart)")
+        self.last = ClusterResult(labels, state["centroids"].numpy().astype(np.float32), float(state["eps"]))
+        if self.eps_mode == "rho":
+            self.eps = self.last.eps  # fixed at the first clustering and reused, as in the uninterrupted run
+        self._last_epoch = int(state["epoch"])
+        self.pseudo_items = [(p, int(lab), c) for (p, c), lab in zip(self.items, labels) if lab >= 0]
+        self._swap_loader()
+        self._swap_classifier(state["classifier"])
+        self._clustered_once = True
+        logger.info(f"Pseudo-labels restored from the checkpoint: clustering of epoch {self._last_epoch}, "
+                    f"{self.last.num_clusters} clusters, {self.last.num_outliers} outliers, eps {self.last.eps:.4f}")
 
     def before_epoch(self):
         epoch = self.trainer.epoch
@@ -208,6 +253,7 @@ class PseudoLabelHook(HookBase):
         self._swap_loader()
         self._swap_classifier(torch.from_numpy(result.centroids))
         self._clustered_once = True
+        self._last_epoch = int(epoch)
         if comm.is_main_process():
             logger.info(f"Pseudo-labels: train loader ({len(self.pseudo_items)} images) and classifier "
                         f"({result.num_clusters} rows, frozen={self.frozen}) rebuilt in "

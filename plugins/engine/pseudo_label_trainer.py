@@ -31,7 +31,8 @@ def unlabelled_pool(cfg, *, show: bool = False) -> list[tuple[str, int]]:
 
 @TRAINER_REGISTRY.register()
 class PseudoLabelTrainer(DefaultTrainer):
-    """fast-reid's DefaultTrainer + :class:`PseudoLabelHook` (config: ``PLUGINS.PSEUDO_LABEL``).
+    """fast-reid's DefaultTrainer + :class:`PseudoLabelHook` (config: ``PLUGINS.PSEUDO_LABEL``), whose clustering
+    state is saved in every checkpoint and restored on resume.
 
     The train images of ``DATASETS.NAMES`` form the unlabelled pool. Until the first clustering (before the
     first epoch) the loader holds them under one placeholder identity with a plain TrainingSampler, so the
@@ -52,5 +53,9 @@ class PseudoLabelTrainer(DefaultTrainer):
     def build_hooks(self):
         ret = super().build_hooks()
         at = next((i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter)), len(ret))
-        ret.insert(at, PseudoLabelHook.from_config(self.cfg))
+        hook = PseudoLabelHook.from_config(self.cfg)
+        ret.insert(at, hook)
+        # Checkpointed first: loading it resizes the classifier before the optimizer state (which refers to the
+        # classifier's (C, D) momentum) is loaded.
+        self.checkpointer.checkpointables = {"pseudo_labels": hook, **self.checkpointer.checkpointables}
         return ret

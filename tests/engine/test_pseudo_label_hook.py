@@ -190,3 +190,52 @@ def test_distributed_labels_equal_single_process(tmp_path, monkeypatch):
     np.testing.assert_allclose(w0, trainer.model.heads.weight.detach().numpy(), atol=1e-5)
     # after the DDP step, both ranks hold the same (all-reduced) weights
     np.testing.assert_allclose(np.load(tmp_path / "conv_rank0.npy"), np.load(tmp_path / "conv_rank1.npy"), atol=1e-6)
+
+
+def test_resume_restores_clustering_classifier_and_optimizer_state(tmp_path, monkeypatch):
+    """A checkpoint holds the hook's clustering; a resumed trainer trains on it without re-clustering mid-period."""
+    trainer, hook, _ = build(tmp_path, monkeypatch, frozen=False)
+    result = hook.update(epoch=0)
+    run_step(trainer)
+    trainer.checkpointer.save("model_0000", epoch=0)
+    saved_weight = trainer.model.heads.weight.detach().clone()
+    saved_moment = trainer.optimizer.state[trainer.model.heads.weight]["exp_avg"].clone()
+
+    cfg = trainer.cfg.clone()
+    cfg.defrost()
+    cfg.PLUGINS.PSEUDO_LABEL.PERIOD = 2  # epoch 1 is mid-period: the resumed run must not re-cluster
+    cfg.freeze()
+    torch.manual_seed(1)
+    resumed = PseudoLabelTrainer(cfg)
+    hook2 = next(h for h in resumed._hooks if isinstance(h, PseudoLabelHook))
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_epoch == 1
+    np.testing.assert_array_equal(hook2.last.labels, result.labels)
+    assert hook2.last.eps == result.eps and hook2.pseudo_items == hook.pseudo_items
+    head = resumed.model.heads
+    torch.testing.assert_close(head.weight.detach(), saved_weight, rtol=0, atol=0)
+    assert head.cls_layer.num_classes == result.num_clusters
+    # the optimizer's Adam moments were loaded onto the restored (C, D) classifier, not dropped
+    torch.testing.assert_close(resumed.optimizer.state[head.weight]["exp_avg"], saved_moment, rtol=0, atol=0)
+    assert len(resumed.data_loader.dataset) == len(hook.pseudo_items)
+
+    hook2.before_train()
+    assert len(hook2.items) == len(hook.items)  # the pool, not the restored pseudo-labelled subset
+    calls = []
+    monkeypatch.setattr(hook2, "update", lambda epoch: calls.append(epoch))
+    resumed.epoch = 1
+    hook2.before_epoch()
+    assert calls == []
+    resumed.epoch = 2
+    hook2.before_epoch()
+    assert calls == [2]
+    run_step(resumed)
+
+
+def test_resume_refuses_a_checkpoint_of_another_pool(tmp_path, monkeypatch):
+    trainer, hook, _ = build(tmp_path, monkeypatch)
+    hook.update(epoch=0)
+    state = hook.state_dict()
+    state["labels"] = state["labels"][:-1]
+    with pytest.raises(ValueError, match="pseudo-labels cover"):
+        hook.load_state_dict(state)
