@@ -17,10 +17,10 @@ def apply_import_patches() -> list[str]:
 def runtime_patches() -> list[Patch]:
     # Imported lazily: these modules import fastreid, which needs the import-time patches first.
     from . import checkpoint, dataloader, distributed, evaluator, optimizer, transforms
-    from . import rerank, training
+    from . import meta_arch, rerank, training
 
     return (checkpoint.PATCHES + dataloader.PATCHES + distributed.PATCHES + evaluator.PATCHES
-            + transforms.PATCHES + rerank.PATCHES + optimizer.PATCHES + training.PATCHES)
+            + transforms.PATCHES + rerank.PATCHES + optimizer.PATCHES + training.PATCHES + meta_arch.PATCHES)
 
 
 def apply_runtime_patches() -> list[str]:

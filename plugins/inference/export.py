@@ -50,7 +50,7 @@ class ImageEncoder(nn.Module):
         self.flip = bool(flip)
 
     def _features(self, images: torch.Tensor, camids: Optional[torch.Tensor]) -> torch.Tensor:
-        # fast-reid's preprocess_image normalises ``images`` in place: give it its own copy
+        # a model's preprocess_image may normalise ``images`` in place (unpatched fast-reid does): own copy
         batch = {IMAGES: images.clone()}
         if self.with_camids:
             batch[CAMIDS] = camids

@@ -10,7 +10,8 @@ Images are read and transformed by the one loader helper (``plugins.engine.loade
 test transforms of the config + the ``PLUGINS.DATA`` extras), and ``TEST.FLIP.ENABLED`` averages the features of
 the flipped ``images`` as fast-reid's ``inference_on_dataset`` means to, so features equal the evaluator's.
 (Host caveat: fast-reid's loop flips ``inputs["images"]`` after ``preprocess_image`` has normalised them in place,
-so with ``TEST.FLIP`` its second pass sees normalised images normalised again; the predictor flips the raw images.)
+so with ``TEST.FLIP`` its second pass saw normalised images normalised again; ``plugins.compat.meta_arch`` patches
+that, and the predictor flips its own copy of the raw images whatever the model's ``preprocess_image`` does.)
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ logger = logging.getLogger("fastreid." + __name__)
 
 def to_device(batch: Any, device: torch.device) -> Any:
     """Tensors of a (nested) batch on ``device``, float ones (images, modalities) always as fresh copies:
-    fast-reid's ``preprocess_image`` normalises ``images`` in place, which must touch neither the caller's
+    fast-reid's unpatched ``preprocess_image`` normalises ``images`` in place, which must touch neither the caller's
     tensors nor the raw images a flipped second pass needs. Other values (paths, string camids) unchanged."""
     if torch.is_tensor(batch):
         return batch.to(device, non_blocking=True, copy=batch.is_floating_point())
