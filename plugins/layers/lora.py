@@ -1,23 +1,24 @@
 """A plain LoRA linear layer: frozen ``nn.Linear`` plus a trainable low-rank residual (Hu et al., 2021).
 
-peft's ``lora.Linear`` is what ``plugins.tuners.inject`` puts into models (adapter files stay peft's format).
-This cfg-free layer exists for code that composes LoRA factors itself (multi-expert and gated layers, merge
-functions, tests): it holds exactly one ``(A, B)`` pair with peft's parameter names (``lora_A.weight``,
-``lora_B.weight``) and peft's initialisation, so factors move between the two without renaming.
+peft's ``lora.Linear`` is what ``plugins.tuners.inject.inject_lora`` puts into models whose adapters are saved
+(adapter files stay peft's format). This cfg-free layer is what ``inject_adapters`` puts on linear targets of any
+backbone family (beside ``LoRAMultiheadAttention`` on attention targets): it holds exactly one ``(A, B)`` pair
+with peft's parameter names (``lora_A.weight``, ``lora_B.weight``) and peft's initialisation, so factors move
+between the two without renaming. The residual itself is computed by ``plugins.layers.low_rank`` (K = 1).
 """
-import copy
-import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..registry import ADAPTER_REGISTRY
+from .low_rank import LinearWrapper, StackedLoRA, fold_delta, init_lora_, lora_residual
+
+__all__ = ["LoRALinear", "lora_residual"]  # lora_residual lives in low_rank; importable here too
 
 
 @ADAPTER_REGISTRY.register()
-class LoRALinear(nn.Module):
+class LoRALinear(LinearWrapper):
     """``y = x W^T + b + s * dropout(x) A^T B^T`` with ``W, b`` frozen and ``s = alpha / r``.
 
     Shapes: ``x`` (..., d_in) -> (..., d_out); ``A = lora_A.weight`` (r, d_in); ``B = lora_B.weight`` (d_out, r).
@@ -51,14 +52,6 @@ class LoRALinear(nn.Module):
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.reset_lora_parameters()
 
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
-
     # Host code reads ``.weight`` / ``.bias`` of the module it holds (open_clip's text tower takes its cast dtype
     # from ``resblocks[0].mlp.c_fc.weight``), as with peft's layers: they answer with the frozen base's tensors.
     @property
@@ -71,29 +64,25 @@ class LoRALinear(nn.Module):
 
     def reset_lora_parameters(self) -> None:
         """peft's default: A ~ kaiming-uniform(a=sqrt(5)), B = 0, so the wrapped layer starts equal to the base."""
-        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_B.weight)
+        init_lora_(self.lora_A.weight, self.lora_B.weight)
+
+    def factors(self) -> StackedLoRA:
+        """The adapter as a one-expert :class:`StackedLoRA` view (no copy; gradients reach A and B)."""
+        return StackedLoRA.single(self.lora_A.weight, self.lora_B.weight, self.scaling)
 
     def delta_weight(self) -> torch.Tensor:
         """The dense update ``s * B A`` (d_out, d_in) that merging adds to ``W``."""
-        return self.scaling * (self.lora_B.weight @ self.lora_A.weight)
+        return self.factors().delta()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., d_in) -> (..., d_out)."""
-        return self.base(x) + self.scaling * self.lora_B(self.lora_A(self.lora_dropout(x)))
+        return self.base(x) + self.factors().residual(self.lora_dropout(x))
 
     def merged(self) -> nn.Linear:
         """A copy of the base ``nn.Linear`` with ``W + s B A`` (inference without the extra branch), in the base's
         dtype and device, with the base's ``requires_grad``."""
-        out = copy.deepcopy(self.base)
-        with torch.no_grad():
-            out.weight += self.delta_weight().to(out.weight.dtype)
-        return out
+        return fold_delta(self.base, self.delta_weight())
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, alpha={self.alpha}"
 
-
-def lora_residual(x: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float) -> torch.Tensor:
-    """``s * x A^T B^T``: x (..., d_in), A (r, d_in), B (d_out, r) -> (..., d_out)."""
-    return scaling * F.linear(F.linear(x, lora_A), lora_B)

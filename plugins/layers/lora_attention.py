@@ -6,12 +6,12 @@ also hands ``out_proj.weight`` / ``out_proj.bias`` straight to ``F.multi_head_at
 ``out_proj`` as a module, so a LoRA wrapper placed on ``out_proj`` (what peft does for the target "out_proj") is
 silently bypassed. This layer therefore owns the whole attention: it keeps the frozen module as ``base_layer``
 and gives each adapted target t in {q, k, v, out} its own pair ``lora_A.<t>.weight`` (r, d_in),
-``lora_B.<t>.weight`` (d, r) (peft's names and initialisation), applied as ``W_t + s B_t A_t``.
+``lora_B.<t>.weight`` (d, r) (peft's names and initialisation), applied as ``W_t + s B_t A_t``; the update and the
+residual of each target are those of ``plugins.layers.low_rank`` (one expert per target: d_in differs by target).
 """
 from __future__ import annotations
 
 import copy
-import math
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import ADAPTER_REGISTRY
+from .low_rank import StackedLoRA, init_lora_
 
 ATTENTION_TARGETS = ("q", "k", "v", "out")
 
@@ -84,15 +85,17 @@ class LoRAMultiheadAttention(nn.Module):
     def reset_lora_parameters(self) -> None:
         """peft's default: A ~ kaiming-uniform(a=sqrt(5)), B = 0, so the layer starts equal to the base."""
         for t in self.targets:
-            nn.init.kaiming_uniform_(self.lora_A[t].weight, a=math.sqrt(5))
-            nn.init.zeros_(self.lora_B[t].weight)
+            init_lora_(self.lora_A[t].weight, self.lora_B[t].weight)
+
+    def factors(self, target: str) -> StackedLoRA:
+        """The adapter of one target as a one-expert :class:`StackedLoRA` view (no copy)."""
+        if target not in self.targets:
+            raise KeyError(f"{target!r} is not adapted here (adapted: {list(self.targets)})")
+        return StackedLoRA.single(self.lora_A[target].weight, self.lora_B[target].weight, self.scaling)
 
     def delta_weight(self, target: str) -> Tensor:
         """The dense update ``s * B_t A_t`` (d, d_in(t)) of one adapted target, in the base's dtype."""
-        if target not in self.targets:
-            raise KeyError(f"{target!r} is not adapted here (adapted: {list(self.targets)})")
-        delta = self.scaling * (self.lora_B[target].weight @ self.lora_A[target].weight)
-        return delta.to(self.base_layer.out_proj.weight.dtype)
+        return self.factors(target).delta().to(self.base_layer.out_proj.weight.dtype)
 
     def delta_weights(self) -> Dict[str, Tensor]:
         """``target -> s * B_t A_t`` (d, d_in(t)) for every adapted target."""
@@ -200,7 +203,7 @@ class LoRAMultiheadAttention(nn.Module):
         """x (..., d_in) -> x W^T + b [+ s B A dropout(x) when ``target`` is adapted] (..., d)."""
         y = F.linear(x, weight, bias)
         if target in self.targets:
-            y = y + self.scaling * self.lora_B[target](self.lora_A[target](self.lora_dropout(x)))
+            y = y + self.factors(target).residual(self.lora_dropout(x))
         return y
 
     def merged(self) -> nn.MultiheadAttention:

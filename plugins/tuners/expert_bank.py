@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..compat.checkpoint import read_safetensors
-from .inject import LoRAFactors
+from ..layers.low_rank import LoRAFactors
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -34,18 +34,26 @@ class LoRAExpert:
     tensors: Dict[str, torch.Tensor]
 
 
-def save_expert(model: nn.Module, directory: str, *, adapter_name: str = "default") -> None:
-    """Write adapter ``adapter_name`` of ``model`` (a module with peft LoRA layers injected, e.g. by
-    ``plugins.tuners.inject.inject_lora``) to ``directory`` in peft's layout."""
+def expert_from_model(model: nn.Module, adapter_name: str = "default") -> LoRAExpert:
+    """Adapter ``adapter_name`` of ``model`` (a module with peft LoRA layers injected, e.g. by
+    ``plugins.tuners.inject.inject_lora``) as the :class:`LoRAExpert` that saving and loading it gives: its
+    ``LoraConfig`` and peft's adapter state dict (tensors shared with the model, not copied)."""
     configs = getattr(model, "peft_config", None)
     if not configs or adapter_name not in configs:
         raise KeyError(f"model has no peft adapter named {adapter_name!r} (has {list(configs or {})})")
     state = get_peft_model_state_dict(model, adapter_name=adapter_name)
     if not state:
         raise RuntimeError(f"adapter {adapter_name!r} has no weights to save")
+    return LoRAExpert(name=adapter_name, config=configs[adapter_name], tensors=state)
+
+
+def save_expert(model: nn.Module, directory: str, *, adapter_name: str = "default") -> None:
+    """Write adapter ``adapter_name`` of ``model`` (see :func:`expert_from_model`) to ``directory`` in peft's
+    layout."""
+    expert = expert_from_model(model, adapter_name)
     os.makedirs(directory, exist_ok=True)
-    configs[adapter_name].save_pretrained(directory)
-    save_file({PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in state.items()},
+    expert.config.save_pretrained(directory)
+    save_file({PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in expert.tensors.items()},
               os.path.join(directory, WEIGHTS_NAME), metadata={"format": "pt"})
 
 
@@ -120,12 +128,6 @@ def load_expert_into(model: nn.Module, directory: str, *, adapter_name: str = "d
     return expert
 
 
-def save_expert_bank(models: Mapping[str, nn.Module], directory: str, *, adapter_name: str = "default") -> None:
-    """Save one expert per model (``expert name -> model with the adapter``) under ``directory/<name>/``."""
-    for name, model in models.items():
-        save_expert(model, os.path.join(directory, name), adapter_name=adapter_name)
-
-
 def load_expert_bank(directory: str, names: Optional[Sequence[str]] = None) -> List[LoRAExpert]:
     """Load the experts under ``directory`` (every sub-folder holding an adapter config, sorted by name, or
     the given ``names`` in that order)."""
@@ -149,7 +151,9 @@ def expert_scaling(config: LoraConfig, module_name: str) -> float:
 
 
 def lora_factors(expert: LoRAExpert) -> Dict[str, LoRAFactors]:
-    """``module name -> (A (r, d_in), B (d_out, r), scaling)`` of an expert read from disk."""
+    """``module name -> (A (r, d_in), B (d_out, r), scaling)`` of an expert (read from disk, or taken from a live
+    model by :func:`expert_from_model`): the one conversion from peft's format to the factors of
+    ``plugins.layers.low_rank``."""
     out = {}
     for key, a in expert.tensors.items():
         if key.endswith(".lora_A.weight"):
@@ -161,6 +165,12 @@ def lora_factors(expert: LoRAExpert) -> Dict[str, LoRAFactors]:
     if not out:
         raise ValueError(f"expert {expert.name!r} holds no LoRA factors")
     return out
+
+
+def lora_factors_from_peft(model: nn.Module, adapter_name: str) -> Dict[str, LoRAFactors]:
+    """``module name -> (A, B, scaling)`` of peft adapter ``adapter_name`` injected in ``model``: the factors its
+    saved file would give (tensors shared with the model)."""
+    return lora_factors(expert_from_model(model, adapter_name))
 
 
 def trained_biases(expert: LoRAExpert) -> Dict[str, torch.Tensor]:

@@ -8,8 +8,8 @@ Two paths:
   ``in_proj_weight`` of an ``nn.MultiheadAttention`` separately (its attention layer adapts the whole packed
   projection together with ``out_proj``), and a peft target ``"out_proj"`` wraps a module that
   ``nn.MultiheadAttention.forward`` never calls (it reads ``out_proj.weight`` directly), so that adapter would
-  be silently ignored. ``merge_adapters`` folds them back into plain layers; ``adapter_parameter_count`` counts
-  them.
+  be silently ignored. ``merge_adapters`` folds them back into plain layers; ``lora_parameter_count`` counts
+  them (and peft's).
 - ``inject_lora`` (peft, SAGE) stays for adapters that must live in peft's file format (expert banks): its
   targets are exactly the four linears of every timm ViT block (``blocks.<i>.attn.qkv``, ``.attn.proj``,
   ``.mlp.fc1``, ``.mlp.fc2``; 48 modules on ViT-B). A bare name list ``["qkv", "proj", "fc1", "fc2"]`` would also
@@ -17,22 +17,20 @@ Two paths:
   ``inject_gated_lora`` then puts K frozen peft experts into one ``GatedLoRALinear`` per linear.
 """
 import re
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
-import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
 from ..layers.gated_lora import GatedLoRALinear
 from ..layers.lora import LoRALinear
 from ..layers.lora_attention import LoRAMultiheadAttention
-from .targets import AttentionTarget, detect_family, find_targets, get_target_map
+from ..layers.low_rank import LoRAFactors
+from .expert_bank import lora_factors_from_peft  # noqa: F401  (peft -> factors lives in expert_bank)
+from .targets import AttentionTarget, detect_family, find_targets, get_target_map, replace_module
 
 # Full-name regex (peft matches a string ``target_modules`` with re.fullmatch); any prefix before ``blocks.``.
 VIT_BLOCK_LINEARS = r"(.*\.)?blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))"
-
-# (A (r, d_in), B (d_out, r), scaling) of one expert in one layer.
-LoRAFactors = Tuple[torch.Tensor, torch.Tensor, float]
 
 
 def target_module_names(model: nn.Module, pattern: str = VIT_BLOCK_LINEARS) -> List[str]:
@@ -72,7 +70,8 @@ def inject_lora(model: nn.Module, *, rank: int, alpha: float, dropout: float = 0
 
 
 def lora_parameter_count(model: nn.Module, adapter_name: Optional[str] = None) -> int:
-    """Number of LoRA parameters (``lora_A``/``lora_B``) in ``model``, optionally for one adapter."""
+    """Number of LoRA parameters (``lora_A``/``lora_B``) in ``model``, optionally for one peft adapter: peft's
+    layers, this package's ``LoRALinear`` / ``LoRAMultiheadAttention`` and the experts of gated layers alike."""
     total = 0
     for name, p in model.named_parameters():
         parts = name.split(".")
@@ -117,26 +116,9 @@ def inject_gated_lora(model: nn.Module, experts: Sequence[Mapping[str, LoRAFacto
         gate = make_gate(name, base) if make_gate is not None else None
         layer = GatedLoRALinear(base, lora_A=[f[0] for f in factors], lora_B=[f[1] for f in factors],
                                 scaling=[f[2] for f in factors], gate=gate)
-        parent_name, _, child = name.rpartition(".")
-        setattr(modules[parent_name] if parent_name else model, child, layer)
+        replace_module(model, name, layer)
         replaced[name] = layer
     return replaced
-
-
-def lora_factors_from_peft(model: nn.Module, adapter_name: str) -> Dict[str, LoRAFactors]:
-    """``module name -> (A, B, scaling)`` of peft adapter ``adapter_name`` injected in ``model``."""
-    from peft.tuners.lora import LoraLayer
-
-    out = {}
-    for name, module in model.named_modules():
-        if isinstance(module, LoraLayer) and adapter_name in module.lora_A:
-            if getattr(module, "use_dora", {}).get(adapter_name, False):
-                raise NotImplementedError(f"{name}: DoRA adapters are not supported")
-            out[name] = (module.lora_A[adapter_name].weight.detach(), module.lora_B[adapter_name].weight.detach(),
-                         float(module.scaling[adapter_name]))
-    if not out:
-        raise KeyError(f"no peft LoRA layer holds an adapter named {adapter_name!r}")
-    return out
 
 
 def remove_peft_layers(model: nn.Module) -> nn.Module:
@@ -145,9 +127,7 @@ def remove_peft_layers(model: nn.Module) -> nn.Module:
 
     for name, module in list(model.named_modules()):
         if isinstance(module, LoraLayer):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, module.get_base_layer())
+            replace_module(model, name, module.get_base_layer())
     if hasattr(model, "peft_config"):
         del model.peft_config
     return model
@@ -203,24 +183,8 @@ def inject_adapters(model: nn.Module, *, family: Optional[str] = None, targets: 
         else:
             layer = LoRALinear(module, rank=rank, alpha=alpha, dropout=dropout)
         layer.train(module.training)  # the new dropout follows the adapted layer's mode
-        _replace(model, name, layer)
+        replace_module(model, name, layer)
     return list(modules)
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-
-
-def _adapter_layers(model: nn.Module) -> Dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, (LoRALinear, LoRAMultiheadAttention))}
-
-
-def adapter_parameter_count(model: nn.Module) -> int:
-    """Number of LoRA parameters (``lora_A``/``lora_B``) in the ``LoRALinear`` and ``LoRAMultiheadAttention``
-    layers of ``model`` (peft's layers: ``lora_parameter_count``)."""
-    return sum(p.numel() for layer in _adapter_layers(model).values()
-               for p in (*layer.lora_A.parameters(), *layer.lora_B.parameters()))
 
 
 def merge_adapters(model: nn.Module) -> List[str]:
@@ -231,7 +195,7 @@ def merge_adapters(model: nn.Module) -> List[str]:
     Returns:
         the names of the merged modules, in model order.
     """
-    layers = _adapter_layers(model)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, (LoRALinear, LoRAMultiheadAttention))}
     for name, layer in layers.items():
-        _replace(model, name, layer.merged())
+        replace_module(model, name, layer.merged())
     return list(layers)

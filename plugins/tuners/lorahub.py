@@ -17,8 +17,10 @@ from __future__ import annotations
 from typing import Callable, Literal, Mapping, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..layers.low_rank import LinearWrapper, LoRAFactors, StackedLoRA, fold_delta, stack_factors
+from .targets import replace_module
 
 __all__ = [
     "LoraHubCoefficients",
@@ -28,10 +30,6 @@ __all__ = [
     "fit_lorahub_gradient",
     "fit_lorahub_cma",
 ]
-
-# One expert in one layer: A (r, d_in), B (d_out, r), scaling s = alpha / r (peft's names and shapes).
-ExpertFactors = tuple[Tensor, Tensor, float]
-
 
 class LoraHubCoefficients(nn.Module):
     """The K layer-shared coefficients c (init 1/K, i.e. LoRA-Avg)."""
@@ -48,14 +46,18 @@ class LoraHubCoefficients(nn.Module):
         return self.weight
 
 
-class LoraHubLinear(nn.Module):
-    """A frozen ``nn.Linear`` plus K frozen LoRA experts mixed by shared coefficients."""
+class LoraHubLinear(LinearWrapper):
+    """A frozen ``nn.Linear`` plus K frozen LoRA experts mixed by shared coefficients.
+
+    The experts are held stacked (``lora_A`` (K, r, d_in), ``lora_B`` (K, d_out, r), ``scaling`` (K,) buffers;
+    experts of lower rank zero-padded, which changes nothing) and computed by ``plugins.layers.low_rank``.
+    """
 
     def __init__(
         self,
         *,
         base: nn.Linear,
-        experts: Sequence[ExpertFactors],
+        experts: Sequence[LoRAFactors],
         coefficients: LoraHubCoefficients,
         composition: Literal["output", "factors"] = "output",
     ):
@@ -64,12 +66,9 @@ class LoraHubLinear(nn.Module):
             raise ValueError(f"{len(experts)} experts for {coefficients.weight.numel()} LoRAHub coefficients")
         if composition not in ("output", "factors"):
             raise ValueError(f"unknown LoRAHub composition {composition!r}; expected 'output' or 'factors'")
-        for k, (A, B, _) in enumerate(experts):
-            if A.shape[1] != base.in_features or B.shape[0] != base.out_features or A.shape[0] != B.shape[1]:
-                raise ValueError(
-                    f"expert {k}: A {tuple(A.shape)}, B {tuple(B.shape)} do not fit a Linear "
-                    f"{base.in_features}->{base.out_features}"
-                )
+        stacked = stack_factors([A for A, _, _ in experts], [B for _, B, _ in experts], [s for _, _, s in experts],
+                                in_features=base.in_features, out_features=base.out_features, like=base.weight,
+                                pad_ranks=True)
         if composition == "factors" and (
             len({A.shape[0] for A, _, _ in experts}) > 1 or len({s for _, _, s in experts}) > 1
         ):
@@ -77,56 +76,39 @@ class LoraHubLinear(nn.Module):
         self.base = base.requires_grad_(False)
         self.coefficients = coefficients  # the same module object in every wrapped layer
         self.composition = composition
-        self.scalings = [float(s) for _, _, s in experts]
-        for k, (A, B, _) in enumerate(experts):
-            self.register_buffer(f"lora_A_{k}", A.detach().clone())
-            self.register_buffer(f"lora_B_{k}", B.detach().clone())
+        self.register_buffer("lora_A", stacked.A)
+        self.register_buffer("lora_B", stacked.B)
+        self.register_buffer("scaling", stacked.scaling)
 
-    def factors(self, k: int) -> tuple[Tensor, Tensor]:
-        return getattr(self, f"lora_A_{k}"), getattr(self, f"lora_B_{k}")
+    def factors(self) -> StackedLoRA:
+        """The update as stacked factors: the K experts (``"output"``), or for ``"factors"`` the one expert
+        ``(sum_k c_k B_k, sum_k c_k A_k, s)`` of the original LoRAHub code."""
+        if self.composition == "factors":
+            c = self.coefficients().to(self.lora_A.dtype)
+            return StackedLoRA.single(torch.einsum("k,krd->rd", c, self.lora_A),
+                                      torch.einsum("k,kor->or", c, self.lora_B), self.scaling[:1])
+        return StackedLoRA(self.lora_A, self.lora_B, self.scaling)
+
+    def _weights(self) -> Optional[Tensor]:
+        return None if self.composition == "factors" else self.coefficients()
 
     def forward(self, x: Tensor) -> Tensor:
         """x (..., d_in) -> (..., d_out)."""
-        c = self.coefficients()
-        out = self.base(x)
-        if self.composition == "factors":
-            A = sum(c[k] * self.factors(k)[0] for k in range(len(self.scalings)))
-            B = sum(c[k] * self.factors(k)[1] for k in range(len(self.scalings)))
-            return out + self.scalings[0] * F.linear(F.linear(x, A), B)
-        for k, s in enumerate(self.scalings):
-            A, B = self.factors(k)
-            out = out + (c[k] * s) * F.linear(F.linear(x, A), B)
-        return out
+        return self.base(x) + self.factors().residual(x, self._weights())
 
     def delta_weight(self) -> Tensor:
         """(d_out, d_in) merged update for the current coefficients."""
-        c = self.coefficients()
-        K = len(self.scalings)
-        if self.composition == "factors":
-            A = sum(c[k] * self.factors(k)[0] for k in range(K))
-            B = sum(c[k] * self.factors(k)[1] for k in range(K))
-            return self.scalings[0] * (B @ A)
-        return sum(c[k] * s * (self.factors(k)[1] @ self.factors(k)[0]) for k, s in enumerate(self.scalings))
+        return self.factors().delta(self._weights())
 
     @torch.no_grad()
     def merged_linear(self) -> nn.Linear:
         """A plain ``nn.Linear`` with weight ``W + delta_weight()`` (for inference at no extra cost)."""
-        lin = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None)
-        lin = lin.to(device=self.base.weight.device, dtype=self.base.weight.dtype)
-        lin.weight.copy_(self.base.weight + self.delta_weight().to(self.base.weight.dtype))
-        if self.base.bias is not None:
-            lin.bias.copy_(self.base.bias)
-        return lin
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+        return fold_delta(self.base, self.delta_weight())
 
 
 def attach_lorahub(
     model: nn.Module,
-    experts: Mapping[str, Sequence[ExpertFactors]],
+    experts: Mapping[str, Sequence[LoRAFactors]],
     *,
     composition: Literal["output", "factors"] = "output",
     init: Optional[float] = None,
@@ -152,7 +134,7 @@ def attach_lorahub(
         if not isinstance(base, nn.Linear):
             raise TypeError(f"module {name!r} is {type(base).__name__}, LoRAHub wraps nn.Linear only")
         coefficients = coefficients.to(base.weight.device)
-        _set_submodule(
+        replace_module(
             model, name, LoraHubLinear(base=base, experts=factors, coefficients=coefficients, composition=composition)
         )
     return coefficients
@@ -162,7 +144,7 @@ def fold_lorahub(model: nn.Module) -> nn.Module:
     """Replace every :class:`LoraHubLinear` in ``model`` by its merged ``nn.Linear`` (in place); returns model."""
     names = [n for n, m in model.named_modules() if isinstance(m, LoraHubLinear)]
     for name in names:
-        _set_submodule(model, name, model.get_submodule(name).merged_linear())
+        replace_module(model, name, model.get_submodule(name).merged_linear())
     return model
 
 

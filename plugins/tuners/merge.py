@@ -22,28 +22,14 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .merge_basic import dare, dare_drop, lora_average, lora_delta, magnitude_prune, task_arithmetic, ties
-from .merge_svd import LowRankDelta, factored_svd, knots, knots_factors, thin_svd, tsv_merge, tsv_merge_factors
+from . import merge_basic, merge_svd
+from .merge_basic import (TRIMMING_MERGES, dare, dare_drop, lora_average, lora_delta,  # noqa: F401
+                          magnitude_prune, task_arithmetic, ties)
+from .merge_svd import (LowRankDelta, factored_svd, knots, knots_factors, thin_svd, tsv_merge,  # noqa: F401
+                        tsv_merge_factors)
 
-__all__ = [
-    "MERGE_METHODS",
-    "merge_deltas",
-    "merge_state_dicts",
-    "lora_delta",
-    "lora_average",
-    "task_arithmetic",
-    "magnitude_prune",
-    "ties",
-    "dare_drop",
-    "dare",
-    "knots",
-    "knots_factors",
-    "thin_svd",
-    "factored_svd",
-    "LowRankDelta",
-    "tsv_merge",
-    "tsv_merge_factors",
-]
+__all__ = ["MERGE_METHODS", "merge_deltas", "merge_state_dicts", "trim_over_model",
+           *merge_basic.__all__, *merge_svd.__all__]
 
 MERGE_METHODS: dict[str, Callable[..., Tensor]] = {
     "lora_average": lora_average,
@@ -59,8 +45,6 @@ MERGE_METHODS: dict[str, Callable[..., Tensor]] = {
 _FACTORED = {"knots", "tsv_merge"}
 # Methods that draw random masks: merge_state_dicts threads one seeded generator through all their layers.
 _STOCHASTIC = {"dare"}
-# Methods that trim each expert to its top-``density`` entries by magnitude.
-_TRIMMING = {"ties", "magnitude_prune"}
 TRIM_SCOPES = ("layer", "model")
 
 
@@ -130,7 +114,7 @@ def merge_state_dicts(
             )
     if trim_scope not in TRIM_SCOPES:
         raise ValueError(f"trim_scope must be one of {TRIM_SCOPES}, got {trim_scope!r}")
-    if trim_scope == "model" and method in _TRIMMING:
+    if trim_scope == "model" and method in TRIMMING_MERGES:
         deltas_per_expert = trim_over_model(deltas_per_expert, float(kwargs["density"]))
         kwargs = dict(kwargs, density=1.0)  # already trimmed: the per-layer step only elects signs and merges
     if _is_stochastic(method, kwargs) and "generator" not in kwargs and keys:

@@ -19,6 +19,8 @@ import torch
 from peft.utils import merge_utils as peft_merge
 from torch import Tensor
 
+from ..layers.low_rank import lora_delta  # noqa: F401  (the dense delta of one LoRA expert, merged here)
+
 __all__ = [
     "lora_delta",
     "lora_average",
@@ -30,23 +32,8 @@ __all__ = [
 ]
 
 SignMethod = Literal["total", "frequency"]
-
-
-def lora_delta(lora_A: Tensor, lora_B: Tensor, scaling: float) -> Tensor:
-    """Dense update of one LoRA layer: ``scaling * B @ A``.
-
-    Args:
-        lora_A: (r, d_in) down-projection (peft ``lora_A.weight``).
-        lora_B: (d_out, r) up-projection (peft ``lora_B.weight``).
-        scaling: ``alpha / r`` (peft ``scaling[adapter]``).
-    Returns:
-        (d_out, d_in) delta weight.
-    """
-    if lora_A.dim() != 2 or lora_B.dim() != 2 or lora_A.shape[0] != lora_B.shape[1]:
-        raise ValueError(
-            f"LoRA factors must be A (r, d_in) and B (d_out, r); got A {tuple(lora_A.shape)}, B {tuple(lora_B.shape)}"
-        )
-    return scaling * (lora_B @ lora_A)
+# The merges that trim each expert to its top-``density`` entries by magnitude.
+TRIMMING_MERGES = frozenset({"ties", "magnitude_prune"})
 
 
 def check_deltas(deltas: Sequence[Tensor]) -> torch.Size:

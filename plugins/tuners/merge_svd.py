@@ -5,9 +5,10 @@ scripts bound to their configs), so they are written here on ``torch.linalg.svd`
 KnOTS reuses the element-wise merges of ``merge_basic`` (peft's arithmetic).
 
 Both take ``deltas[k]``: the (d_out, d_in) task delta of expert k in one layer (``s * B_k @ A_k`` for LoRA), dense
-or as a :class:`LowRankDelta` (factors, much faster), and work in float64, returning the input dtype. Singular components below ``rtol * s_max`` are dropped: they carry
-no signal and their singular vectors are arbitrary, which would otherwise leak into the shared basis (KnOTS)
-or the orthogonalisation (TSV-M); the default ``rtol`` is numpy's ``matrix_rank`` rule.
+or as a :class:`LowRankDelta` (factors, much faster), and work in float64, returning the input dtype. Singular
+components below ``rtol * s_max`` are dropped: they carry no signal and their singular vectors are arbitrary,
+which would otherwise leak into the shared basis (KnOTS) or the orthogonalisation (TSV-M); the default ``rtol`` is
+numpy's ``matrix_rank`` rule.
 """
 from __future__ import annotations
 
@@ -16,13 +17,12 @@ from typing import Callable, Literal, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .merge_basic import check_deltas, dare, lora_average, magnitude_prune, task_arithmetic, ties
+from .merge_basic import TRIMMING_MERGES, check_deltas, dare, lora_average, magnitude_prune, task_arithmetic, ties
 
-__all__ = ["LowRankDelta", "thin_svd", "knots_factors", "knots", "tsv_merge_factors", "tsv_merge"]
+__all__ = ["LowRankDelta", "thin_svd", "factored_svd", "knots_factors", "knots", "tsv_merge_factors", "tsv_merge"]
 
 KnotsCombination = Literal["task_arithmetic", "ties", "dare", "magnitude_prune", "lora_average"]
 KnotsKeep = Literal["authors", "peft"]
-_TRIMMING = {"ties", "magnitude_prune"}
 _COEFFICIENT_MERGES: dict[str, Callable[..., Tensor]] = {
     "task_arithmetic": task_arithmetic,
     "ties": ties,
@@ -139,7 +139,7 @@ def knots_factors(
     coeffs = [c for c in (s[:, None] * Vh).split(d_in, dim=1)]  # K x (R, d_in)
     if keep not in ("authors", "peft"):
         raise ValueError(f"KnOTS keep must be 'authors' or 'peft', got {keep!r}")
-    if keep == "authors" and combination in _TRIMMING and coeffs[0].numel():
+    if keep == "authors" and combination in TRIMMING_MERGES and coeffs[0].numel():
         n = coeffs[0].numel()
         kept = min(n, int(float(combination_kwargs["density"]) * n) + 1)
         combination_kwargs = dict(combination_kwargs, density=(kept + 0.5) / n if kept < n else 1.0)  # int(.) = kept

@@ -61,6 +61,12 @@ class TargetMap(Mapping[str, Target]):
         return len(self.targets)
 
 
+def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` at the full name ``name`` (a submodule of ``model``) in place of what is there."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
 def _instance_of(qualified: str) -> Callable[[object], bool]:
     """``obj -> isinstance(obj, module:Class)``; false while ``module`` is not imported (then no instance exists),
     so checking a model never imports a library it does not use."""

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer
 
 from plugins.tuners.expert_bank import (CONFIG_NAME, WEIGHTS_NAME, load_expert, load_expert_bank, load_expert_into,
-                                        lora_factors, save_expert, save_expert_bank, trained_biases)
+                                        lora_factors, lora_factors_from_peft, save_expert, trained_biases)
 from plugins.tuners.inject import inject_lora
 
 
@@ -78,7 +78,8 @@ def test_biases_saved_and_factors(tmp_path, no_unpickling):
 
 
 def test_bank_order_and_refusals(tmp_path, no_unpickling):
-    save_expert_bank({"b_duke": trained_expert(4), "a_market": trained_expert(5)}, str(tmp_path / "bank"))
+    for name, seed in (("b_duke", 4), ("a_market", 5)):  # a bank: one expert folder per name
+        save_expert(trained_expert(seed), str(tmp_path / "bank" / name))
     assert [e.name for e in load_expert_bank(str(tmp_path / "bank"))] == ["a_market", "b_duke"]
     assert [e.name for e in load_expert_bank(str(tmp_path / "bank"), ["b_duke", "a_market"])] == ["b_duke",
                                                                                                     "a_market"]
@@ -92,3 +93,29 @@ def test_bank_order_and_refusals(tmp_path, no_unpickling):
         load_expert_bank(str(tmp_path / "pickled"))
     with pytest.raises(KeyError, match="no peft adapter"):
         save_expert(tiny_vit(), str(tmp_path / "x"))
+
+
+def test_live_and_saved_factors_are_one_conversion(tmp_path):
+    """Factors taken from a live model with 11 adapters (``e1`` is a prefix of ``e10``) equal each peft layer's own
+    A, B and scaling, and what the saved file of the same adapter gives."""
+    vit = tiny_vit()
+    for k in range(11):
+        inject_lora(vit, rank=2, alpha=2.0 + k, adapter_name=f"e{k}")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in vit.named_parameters():
+            if "lora_" in n:
+                p.normal_()
+    for name in ("e1", "e10"):
+        live = lora_factors_from_peft(vit, name)
+        qkv = vit.blocks[1].attn.qkv
+        a, b, s = live["blocks.1.attn.qkv"]
+        assert a is not None and torch.equal(a, qkv.lora_A[name].weight) and torch.equal(b, qkv.lora_B[name].weight)
+        assert s == qkv.scaling[name] and len(live) == 8
+        save_expert(vit, str(tmp_path / name), adapter_name=name)
+        saved = lora_factors(load_expert(str(tmp_path / name)))
+        assert saved.keys() == live.keys()
+        for key, (a, b, s) in live.items():
+            assert torch.equal(saved[key][0], a) and torch.equal(saved[key][1], b) and saved[key][2] == s
+    with pytest.raises(KeyError, match="no peft adapter"):
+        lora_factors_from_peft(vit, "e11")

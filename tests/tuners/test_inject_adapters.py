@@ -10,7 +10,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from plugins.layers.lora_attention import LoRAMultiheadAttention
-from plugins.tuners.inject import (adapter_parameter_count, inject_adapters, inject_lora, lora_parameter_count,
+from plugins.tuners.inject import (inject_adapters, inject_lora, lora_parameter_count,
                                    merge_adapters)
 from plugins.tuners.targets import TARGET_MAPS, detect_family, find_targets
 
@@ -122,7 +122,7 @@ def test_merge_adapters_restores_plain_layers(family):
     _randomise_lora_b(model)
     out = forward(model)
     assert merge_adapters(model) == adapted
-    assert set(model.state_dict()) == keys and adapter_parameter_count(model) == 0
+    assert set(model.state_dict()) == keys and lora_parameter_count(model) == 0
     assert (forward(model) - out).abs().max() < 1e-12
     assert all(type(model.get_submodule(n)) in (nn.Linear, nn.MultiheadAttention,
                                                 nn.modules.linear.NonDynamicallyQuantizableLinear) for n in adapted)
@@ -140,7 +140,7 @@ def test_gradients_reach_every_adapter_and_no_frozen_weight(family):
     assert len(lora) == 2 * 2 * len(targets)
     assert all(p.requires_grad and p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in lora.values())
     assert all(not p.requires_grad and p.grad is None for n, p in model.named_parameters() if n not in lora)
-    assert adapter_parameter_count(model) == sum(p.numel() for p in lora.values())
+    assert lora_parameter_count(model) == sum(p.numel() for p in lora.values())
 
 
 def test_only_wrapped_base_weights_are_frozen():
@@ -163,13 +163,13 @@ def test_known_answer_parameter_counts_vit_b16():
         names = inject_adapters(clip, family="open_clip_visual", targets=["q", "v"], rank=8, alpha=16)
         assert len(names) == 12 and names[0] == "visual.transformer.resblocks.0.attn"
         # 12 blocks x 2 targets x r (d_in + d_out) = 12 * 2 * 8 * (768 + 768)
-        assert adapter_parameter_count(clip) == 294_912
+        assert lora_parameter_count(clip) == 294_912
         inject_adapters(other, family="open_clip_visual", targets=OPEN_CLIP_TARGETS, rank=8, alpha=16)
         # per block: q, k, v, out: 4 * 8 * (768 + 768) = 49,152; c_fc: 8 * (768 + 3072) = 30,720;
         # c_proj: 8 * (3072 + 768) = 30,720; total 110,592 per block x 12 blocks
-        assert adapter_parameter_count(other) == 12 * (49_152 + 30_720 + 30_720) == 1_327_104
+        assert lora_parameter_count(other) == 12 * (49_152 + 30_720 + 30_720) == 1_327_104
         inject_adapters(text, family="open_clip_text", targets=["q", "v"], rank=8, alpha=16, blocks=range(6, 12))
-        assert adapter_parameter_count(text) == 6 * 2 * 8 * (512 + 512) == 98_304  # text width 512, last 6 blocks
+        assert lora_parameter_count(text) == 6 * 2 * 8 * (512 + 512) == 98_304  # text width 512, last 6 blocks
 
 
 def test_known_answer_parameter_count_timm_vit_b_matches_peft():
@@ -181,7 +181,7 @@ def test_known_answer_parameter_count_timm_vit_b_matches_peft():
         assert len(inject_adapters(ours, targets=TIMM_TARGETS, rank=8, alpha=32)) == 48
         inject_lora(theirs, rank=8, alpha=32)
     # per block: qkv 8 (768 + 2304) + proj 8 (768 + 768) + fc1 8 (768 + 3072) + fc2 8 (3072 + 768) = 98,304
-    assert adapter_parameter_count(ours) == 12 * 98_304 == 1_179_648 == lora_parameter_count(theirs)
+    assert lora_parameter_count(ours) == 12 * 98_304 == 1_179_648 == lora_parameter_count(theirs)
 
 
 def test_detect_family_and_targets_table():
