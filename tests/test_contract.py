@@ -132,6 +132,11 @@ ROUTERS: dict[str, tuple[dict, object]] = {
     # hard decisions; its head trains through aux_loss (BCE against the oracle's sets)
     "PredictedAttributeRouter": ({"schema": _SCHEMA, "in_dim": 8},
                                  lambda: (torch.randn(4, 8, requires_grad=True), {"attributes": _ATTRS.clone()})),
+    # SAGE-reID gates: the K=3 expert residuals (N=4 tokens, d_out=5) flattened per sample, (B, K*N*d_out)
+    "SAGEGate": ({"num_experts": 3, "num_tokens": 4, "out_features": 5},
+                 lambda: (torch.randn(2, 3 * 4 * 5, requires_grad=True), {})),
+    "MoLEGate": ({"num_experts": 3, "num_tokens": 4, "out_features": 5},
+                 lambda: (torch.randn(2, 3 * 4 * 5, requires_grad=True), {})),
 }
 # loss name -> (constructor keywords, function making its inputs (requires_grad leaves first)).
 LOSSES: dict[str, tuple[dict, object]] = {

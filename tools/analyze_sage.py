@@ -11,14 +11,15 @@ import argparse
 
 import plugins  # applies the host-compatibility layer and registers every shared plugin component
 from plugins.config import import_methods, setup_cfg
-from plugins.sage.analysis_io import GATE_FOLDERS, analyze_pipeline_run
+from plugins.sage.analysis_io import analyze_pipeline_run
+from plugins.sage.layout import TRAINED_GATES
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", required=True, metavar="FILE", help="the run's config file")
     p.add_argument("--output", default="", metavar="DIR", help="output folder (default: OUTPUT_DIR/analysis)")
-    p.add_argument("--gate", default="sage", choices=sorted(GATE_FOLDERS),
+    p.add_argument("--gate", default="sage", choices=sorted(TRAINED_GATES),
                    help="stage-2 model to analyse: stage2/sage (SAGE) or stage2/mole (MoLE baseline)")
     p.add_argument("--reduce", default="mean", choices=("mean", "cls"),
                    help="per-image row of a layer output for CKA: token mean (default) or class token (block 0's "

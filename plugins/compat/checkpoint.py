@@ -100,6 +100,39 @@ def read_safetensors(path: str) -> dict:
                                     f"(truncated or another format?): {err}") from None
 
 
+def check_state(module: "torch.nn.Module", state: dict, *, what: str, optional_keys=(), ignore_keys=()) -> dict:
+    """Check that ``state`` fits ``module`` (see :func:`load_state_checked`) without loading it; returns ``state``
+    without ``ignore_keys``."""
+    ignore = set(ignore_keys)
+    state = {k: v for k, v in state.items() if k not in ignore}
+    own = module.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (model: {tuple(own[k].shape)})" for k, v in state.items()
+             if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise ValueError(f"{what} does not fit the model: {len(wrong)} tensors differ in shape, e.g. {wrong[:3]}")
+    allowed = ignore | set(optional_keys)
+    missing = [k for k in own if k not in state and k not in allowed]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise KeyError(f"{what} does not fit the model: missing {missing[:5]} ({len(missing)} keys), unexpected "
+                       f"{unexpected[:5]} ({len(unexpected)} keys)")
+    return state
+
+
+def load_state_checked(module: "torch.nn.Module", state: dict, *, what: str, optional_keys=(),
+                       ignore_keys=()) -> None:
+    """Load ``state`` into ``module`` strictly, naming ``what`` (a file, or how the state was made) in every error.
+
+    ``ignore_keys`` are dropped from ``state`` and may be missing from it (e.g. a source model's classifier, whose
+    class count is not the model's); ``optional_keys`` may be missing from ``state`` but are loaded when present.
+    Any other key the module has and ``state`` lacks, any key ``state`` has and the module lacks, and any tensor
+    whose shape differs from the module's raise: ValueError for shapes (every offending key with both shapes),
+    KeyError for missing / unexpected keys.
+    """
+    state = check_state(module, state, what=what, optional_keys=optional_keys, ignore_keys=ignore_keys)
+    module.load_state_dict(state, strict=False)  # strictness checked above, with the file's name
+
+
 def _loader_not_pinned() -> bool:
     from fastreid.utils.checkpoint import Checkpointer
 

@@ -10,34 +10,34 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Mapping, Sequence
 
 import torch
 from fastreid.modeling import build_model
 from safetensors.torch import save_file
 from torch import nn
 
-from ..compat.checkpoint import load_checkpoint_file, read_safetensors
+from ..compat.checkpoint import check_state, load_checkpoint_file, load_state_checked, read_safetensors
 from ..layers.gated_lora import GatedLoRALinear
 from ..tuners.expert_bank import LoRAExpert, load_expert, load_expert_into, lora_factors, save_expert, trained_biases
 from ..tuners.inject import inject_lora
 from ..tuners.merge import merge_state_dicts
 from ..tuners.merge_backbones import mean_state_dict
 from ..tuners.merge_svd import LowRankDelta
-from .convert import build_gated_vit, load_mean_biases
+from .gated_model import build_gated_vit
+from .rows import STATIC_MERGES, row
 
 __all__ = ["CLASSIFIER_KEY", "NECK_FILE", "vit_of", "num_tokens_of", "load_model_state", "load_source_weights",
-           "build_expert_model", "save_expert_with_neck", "load_expert_model", "build_merged_base",
-           "build_gated_model", "expert_deltas", "build_static_merge_model", "MERGE_ROWS"]
+           "mean_source_state", "build_mean_source_model", "build_expert_model", "save_expert_with_neck",
+           "load_expert_model", "build_merged_base", "load_mean_biases", "build_gated_model", "load_gated_model",
+           "expert_deltas", "merge_kwargs", "build_static_merge_model"]
 
 logger = logging.getLogger("fastreid." + __name__)
 
-CLASSIFIER_KEY = "heads.weight"  # fast-reid EmbeddingHead's classifier: source / pseudo-label classes differ
+# fast-reid EmbeddingHead's classifier: its row count is the class count of the data the model was trained on
+# (source identities, target pseudo-identities), so it is the one tensor never averaged nor carried over.
+CLASSIFIER_KEY = "heads.weight"
 NECK_FILE = "neck.safetensors"
-
-# results row -> plugins.tuners.merge method
-MERGE_ROWS = {"lora_avg": "lora_average", "task_arithmetic": "task_arithmetic", "ties": "ties", "dare": "dare",
-              "knots": "knots", "tsv_merge": "tsv_merge"}
 
 
 def vit_of(model: nn.Module) -> nn.Module:
@@ -56,37 +56,51 @@ def num_tokens_of(vit: nn.Module) -> int:
 
 def load_model_state(path: str) -> Dict[str, torch.Tensor]:
     """A fast-reid model state dict from a ``.safetensors`` file or a fast-reid checkpoint (``{"model": ...}``,
-    read with ``weights_only=True``)."""
+    read with ``weights_only=True``); a state saved from a DistributedDataParallel wrapper loses its ``module.``."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    if path.endswith(".safetensors"):
-        return read_safetensors(path)
-    return load_checkpoint_file(path)["model"]
-
-
-def _check_shapes(model: nn.Module, state: Dict[str, torch.Tensor], what: str) -> None:
-    """Raise, naming ``what`` (a file), when a tensor of ``state`` has another shape than the model's."""
-    own = model.state_dict()
-    bad = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
-           if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    if bad:
-        raise ValueError(f"{what} does not fit the model built from the config (another width/size?): "
-                         f"{bad[:3]} ({len(bad)} tensors)")
-
-
-def _load_without_classifier(model: nn.Module, state: Dict[str, torch.Tensor], what: str) -> None:
-    state = {k: v for k, v in state.items() if k != CLASSIFIER_KEY}
-    _check_shapes(model, state, what)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != CLASSIFIER_KEY]
-    if missing or unexpected:
-        raise KeyError(f"{what} does not fit the model built from the config: missing {missing[:5]} "
-                       f"({len(missing)} keys), unexpected {list(unexpected)[:5]} ({len(unexpected)} keys)")
+    state = read_safetensors(path) if path.endswith(".safetensors") else load_checkpoint_file(path)["model"]
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
 
 
 def load_source_weights(model: nn.Module, path: str) -> None:
     """Load a source checkpoint into ``model``, all keys but the source classifier (strict otherwise)."""
-    _load_without_classifier(model, load_model_state(path), f"source checkpoint {path!r}")
+    load_state_checked(model, load_model_state(path), what=f"source checkpoint {path!r}",
+                       ignore_keys=(CLASSIFIER_KEY,))
+
+
+def mean_source_state(model: nn.Module, source_weights: Sequence[str]) -> Dict[str, torch.Tensor]:
+    """The element-wise mean of the K source checkpoints: every key of the fast-reid model (backbone, BNNeck)
+    except the classifier ``heads.weight``, checked file by file against ``model`` (the error names the file;
+    ``model`` itself is not changed).
+
+    The exclusion rule of the merged base (the one route: Avg + ViT, the stage-1 expert on the mean backbone, static
+    merges, LoRAHub, the gated models): exactly the classifier, whose class count differs between sources. The
+    BNNeck is averaged like the backbone (sage.md: "all keys except classifier heads"); excluding everything under
+    a "head" prefix (the former gated-ViT route) would also have left the neck out. BatchNorm step counters
+    (``num_batches_tracked``: integers, unused with a momentum) differ between sources trained for different
+    lengths: the largest is kept."""
+    if not source_weights:
+        raise ValueError("need at least one source checkpoint to average")
+    states = []
+    for path in source_weights:
+        states.append(check_state(model, load_model_state(path), what=f"source checkpoint {path!r}",
+                                  ignore_keys=(CLASSIFIER_KEY,)))
+    counters = {k: max(s[k] for s in states) for k in states[0] if k.endswith("num_batches_tracked")}
+    states = [{**s, **counters} for s in states]
+    return mean_state_dict(states)
+
+
+def build_mean_source_model(cfg, source_weights: Sequence[str]) -> nn.Module:
+    """"Avg + ViT": the fast-reid model with the mean of the K source models (classifier excluded), frozen."""
+    model = build_model(cfg)
+    load_state_checked(model, mean_source_state(model, source_weights), ignore_keys=(CLASSIFIER_KEY,),
+                       what=f"the mean of the source checkpoints {list(source_weights)}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 def _lora_kwargs(cfg) -> dict:
@@ -128,12 +142,7 @@ def _load_neck(directory: str) -> Dict[str, torch.Tensor] | None:
 
 def _set_neck(model: nn.Module, neck: Dict[str, torch.Tensor], what: str) -> None:
     """Load a neck (head state without the classifier) strictly; ``what`` names its source in errors."""
-    _check_shapes(model.heads, neck, what)
-    missing, unexpected = model.heads.load_state_dict(neck, strict=False)
-    missing = [k for k in missing if "heads." + k != CLASSIFIER_KEY]
-    if missing or unexpected:
-        raise KeyError(f"{what} does not fit the model's head: missing {missing[:3]}, unexpected "
-                       f"{list(unexpected)[:3]}")
+    load_state_checked(model.heads, neck, what=what, ignore_keys=(CLASSIFIER_KEY[len("heads."):],))
 
 
 def load_expert_model(cfg, source_weights: str, expert_dir: str) -> nn.Module:
@@ -154,25 +163,19 @@ def load_expert_model(cfg, source_weights: str, expert_dir: str) -> nn.Module:
 
 def build_merged_base(cfg, source_weights: Sequence[str], expert_dirs: Sequence[str]
                       ) -> tuple[nn.Module, List[LoRAExpert]]:
-    """The stage-2 base: mean of the K source models (classifier excluded), the experts' mean BNNeck when every
-    expert folder has one (else the sources' mean neck), and, for experts trained with biases, the mean of their
-    biases (as the authors' code). Everything frozen. Returns (model, the K experts read from disk)."""
+    """The stage-2 base: mean of the K source models (``mean_source_state``: classifier excluded), the experts'
+    mean BNNeck when every expert folder has one (else the sources' mean neck), and, for experts trained with
+    biases, the mean of their biases (as the authors' code). Everything frozen. Returns (model, the K experts read
+    from disk)."""
     if len(source_weights) != len(expert_dirs) or not source_weights:
         raise ValueError(f"need one source checkpoint per expert, got {len(source_weights)} checkpoints and "
                          f"{len(expert_dirs)} expert folders")
-    model = build_model(cfg)
-    states = []
-    for path in source_weights:
-        state = {k: v for k, v in load_model_state(path).items() if k != CLASSIFIER_KEY}
-        _check_shapes(model, state, f"source checkpoint {path!r}")  # name the file before averaging
-        states.append(state)
-    _load_without_classifier(model, mean_state_dict(states), "the mean of the source checkpoints")
+    model = build_mean_source_model(cfg, source_weights)
     experts = [load_expert(d) for d in expert_dirs]
     necks = [_load_neck(d) for d in expert_dirs]
-    for d, n in zip(expert_dirs, necks):
-        if n is not None:
-            _check_shapes(model.heads, n, os.path.join(d, NECK_FILE))
     if all(n is not None for n in necks):
+        for d, n in zip(expert_dirs, necks):  # name the file before averaging
+            _set_neck(model, n, os.path.join(d, NECK_FILE))
         _set_neck(model, mean_state_dict(necks), "the mean of the expert necks")
     else:
         lacking = [d for d, n in zip(expert_dirs, necks) if n is None]
@@ -183,6 +186,21 @@ def build_merged_base(cfg, source_weights: Sequence[str], expert_dirs: Sequence[
     for p in model.parameters():
         p.requires_grad_(False)
     return model, experts
+
+
+def load_mean_biases(vit: nn.Module, expert_biases: Sequence[Mapping[str, torch.Tensor]]) -> None:
+    """Overwrite the ViT's biases with the mean of the biases the K experts trained in stage 1 (as the authors'
+    code does when biases train). Raises when only some experts carry biases or a name is not a ViT parameter."""
+    if not all(expert_biases):
+        raise ValueError("only some experts carry trained biases; cannot average them")
+    biases = mean_state_dict(expert_biases)
+    params = dict(vit.named_parameters())
+    unknown = [k for k in biases if k not in params]
+    if unknown:
+        raise KeyError(f"expert biases not in the ViT: {unknown[:3]}")
+    with torch.no_grad():
+        for k, v in biases.items():
+            params[k].copy_(v)
 
 
 def build_gated_model(cfg, source_weights: Sequence[str], expert_dirs: Sequence[str], *,
@@ -198,32 +216,49 @@ def build_gated_model(cfg, source_weights: Sequence[str], expert_dirs: Sequence[
     return model
 
 
+def load_gated_model(cfg, source_weights: Sequence[str], expert_dirs: Sequence[str], checkpoint: str, *,
+                     gate: str) -> nn.Module:
+    """A trained stage-2 model for evaluation / analysis: the gated model built from the sources and experts, then
+    ``checkpoint`` loaded over it, frozen. Only the classifier ``heads.weight`` is skipped (its row count is the
+    number of pseudo-identities of the last clustering, unknown here, and evaluation does not use it); any other
+    missing, unexpected or differently shaped tensor is an error naming the file and the gate kind (e.g. a
+    checkpoint of another gate: a MoLE gate has the SAGE gate's keys, not its shapes)."""
+    model = build_gated_model(cfg, source_weights, expert_dirs, gate=gate)
+    load_state_checked(model, load_model_state(checkpoint), ignore_keys=(CLASSIFIER_KEY,),
+                       what=f"stage-2 checkpoint {checkpoint!r} (gated model built with gate {gate!r})")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
 def expert_deltas(experts: Sequence[LoRAExpert]) -> List[Dict[str, LowRankDelta]]:
     """Per expert: layer name -> its delta as factors ``(s * B) @ A``."""
     return [{name: LowRankDelta(B=b * s, A=a) for name, (a, b, s) in lora_factors(e).items()} for e in experts]
 
 
-def merge_kwargs(cfg, row: str) -> dict:
-    """Arguments of the merge function behind results row ``row`` (a key of ``MERGE_ROWS``), from SAGE.MERGE."""
-    m = cfg.SAGE.MERGE
+def merge_kwargs(cfg, key: str) -> dict:
+    """Arguments of the merge function behind static-merge row ``key`` (``plugins.sage.rows``): the row's own
+    (``merge_options``, e.g. KnOTS' combination) + the ones ``SAGE.MERGE`` sets for that method."""
+    spec, m = row(key), cfg.SAGE.MERGE
     scale, density = {"scale": float(m.SCALE)}, {"density": float(m.DENSITY)}
     dare = {"drop_rate": float(m.DROP_RATE), "seed": int(m.SEED)}
-    knots = {"ties": density, "dare": dare}.get(str(m.KNOTS_COMBINATION), {})
-    return {"lora_avg": {}, "task_arithmetic": scale,
+    if spec.merge == "knots":
+        combination = spec.merge_options["combination"]
+        extra = {"ties": density, "dare": dare}.get(combination, {})
+        return {"combination": combination, "keep": str(m.KNOTS_KEEP), **scale, **extra}
+    return {"lora_average": {}, "task_arithmetic": scale,
             "ties": {**scale, **density, "trim_scope": str(m.TRIM_SCOPE)}, "dare": {**scale, **dare},
-            "knots": {"combination": str(m.KNOTS_COMBINATION), "keep": str(m.KNOTS_KEEP), **scale, **knots},
-            "tsv_merge": scale}[row]
+            "tsv_merge": scale}[spec.merge]
 
 
-def build_static_merge_model(cfg, source_weights: Sequence[str], expert_dirs: Sequence[str], row: str
+def build_static_merge_model(cfg, source_weights: Sequence[str], expert_dirs: Sequence[str], key: str
                              ) -> nn.Module:
     """A training-free baseline: the merged base with ``W += merged delta`` in every adapted layer, the delta from
-    ``plugins.tuners.merge`` (row -> method in ``MERGE_ROWS``, arguments from ``SAGE.MERGE``)."""
-    if row not in MERGE_ROWS:
-        raise ValueError(f"unknown static merge {row!r}; expected one of {sorted(MERGE_ROWS)}")
+    ``plugins.tuners.merge`` (the row's ``merge`` method, arguments from ``merge_kwargs``)."""
+    if key not in STATIC_MERGES:
+        raise ValueError(f"unknown static merge {key!r}; expected one of {list(STATIC_MERGES)}")
     model, experts = build_merged_base(cfg, source_weights, expert_dirs)
-    method = MERGE_ROWS[row]
-    merged = merge_state_dicts(expert_deltas(experts), method, progress=True, **merge_kwargs(cfg, row))
+    merged = merge_state_dicts(expert_deltas(experts), row(key).merge, progress=True, **merge_kwargs(cfg, key))
     modules = dict(vit_of(model).named_modules())
     with torch.no_grad():
         for name, delta in merged.items():

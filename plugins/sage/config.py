@@ -12,8 +12,11 @@ from fastreid.config import CfgNode as CN
 
 logger = logging.getLogger("fastreid." + __name__)
 
-# Every results row the pipeline can produce besides the source models, the single experts and SAGE itself.
-BASELINES = ("lora_avg", "task_arithmetic", "ties", "dare", "knots", "tsv_merge", "lorahub", "mole")
+from .rows import BASELINES
+
+# SAGE.BASELINES by default: every optional row except the two that need more than the sources and the unlabelled
+# target: "blend_vit_lora" (needs SAGE.BLEND's pooled-source model) and "supervised" (needs target labels).
+DEFAULT_BASELINES = tuple(b for b in BASELINES if b not in ("blend_vit_lora", "supervised"))
 
 
 def add_sage_config(cfg):
@@ -51,8 +54,9 @@ def add_sage_config(cfg):
     cfg.SAGE.LORA.TRAIN_BIAS = False
 
     cfg.SAGE.GATE = CN()
-    # Gate of the merged model trained in stage 2: "sage" (shared w over N x d_out), "mole" (per-expert
-    # projection, baseline) or "avg" (no gate: LoRA-Avg).
+    # Gate of the merged model trained in stage 2 (plugins.sage.rows.GATES: kind -> registered router): "sage"
+    # (SAGEGate: shared w over N x d_out), "mole" (MoLEGate: per-expert projection, baseline) or "avg" (no router:
+    # LoRA-Avg).
     cfg.SAGE.GATE.KIND = "sage"
     # Initial softmax temperature tau of every gated layer.
     cfg.SAGE.GATE.TAU_INIT = 1.0
@@ -62,9 +66,13 @@ def add_sage_config(cfg):
     # eps of the token-row L2 normalisation of the residuals (Omega).
     cfg.SAGE.GATE.EPS = 1e-6
 
-    # Results rows besides source-only / single experts / SAGE; any subset of plugins.sage.config.BASELINES.
-    cfg.SAGE.BASELINES = BASELINES
-    # "Blend" row: one stage-0 model trained on the pooled sources.
+    # Results rows besides source-only / single experts / SAGE: any subset of plugins.sage.rows.BASELINES
+    # (Table 2: "avg_vit" Avg + ViT, "avg_vit_lora" Avg + ViT (LoRA), "blend_vit_lora" Blend + ViT (LoRA), needs
+    # SAGE.BLEND; Table 5: "lora_avg", "task_arithmetic", "ties", "dare", "knots_ta", "knots_ties", "tsv_merge",
+    # "lorahub", "mole"; Table 1's upper bound "supervised": ViT trained on the target's own labels, needs a labelled
+    # target train set). Order does not matter: the table follows plugins.sage.rows.ROWS.
+    cfg.SAGE.BASELINES = DEFAULT_BASELINES
+    # "Blend + ViT" row: one stage-0 model trained on the pooled sources (Table 2).
     cfg.SAGE.BLEND = False
     # Leave-one-source-out rows: SAGE with K-1 experts, one row per left-out source (K extra gate trainings).
     cfg.SAGE.LEAVE_ONE_OUT = False
@@ -85,8 +93,8 @@ def add_sage_config(cfg):
     cfg.SAGE.MERGE.TRIM_SCOPE = "layer"
     # DARE: drop rate p of the random mask (kept entries rescaled by 1 / (1 - p)).
     cfg.SAGE.MERGE.DROP_RATE = 0.5
-    # KnOTS: how the aligned coefficients are combined ("task_arithmetic", "ties" or "dare").
-    cfg.SAGE.MERGE.KNOTS_COMBINATION = "ties"
+    # KnOTS' combination of the aligned coefficients is the row's: "knots_ta" Task Arithmetic, "knots_ties" TIES
+    # (per layer, DENSITY) -- the paper's KnOTS-TA / KnOTS-TIES (Table 5).
     # KnOTS trim size per task: "authors" keeps int(DENSITY * n) + 1 coefficients (the KnOTS code's rule),
     # "peft" int(DENSITY * n) (TIES as peft trims it).
     cfg.SAGE.MERGE.KNOTS_KEEP = "authors"

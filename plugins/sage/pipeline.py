@@ -1,13 +1,10 @@
 """``SAGEPipeline``: one config runs SAGE-reID end to end (``PLUGINS.TRAINER: SAGEPipeline``).
 
-    OUTPUT_DIR/
-      pretrain/               optional shared pre-training (SAGE.PRETRAIN_DATASETS) -> vit.safetensors
-      stage0/<source>/        fast-reid baseline on one source (skipped when SAGE.SOURCE_WEIGHTS are given)
-      stage0/blend/           the "Blend" baseline: one model on the pooled sources (SAGE.BLEND)
-      stage1/<source>/expert/ one LoRA expert per source, trained on the unlabelled target (peft layout + neck)
-      stage2/sage/            gate training (one epoch); stage2/mole/ the MoLE baseline; stage2/without_<source>/
-      analysis/               gate weights / correlation / CKA tables and heatmaps of the SAGE model (SAGE.ANALYZE)
-      results.json|md|csv     every row on the target test set: mAP, R-1, R-5, R-10
+Folders: ``plugins.sage.layout`` (stage0/<tag>, stage0/blend, stage0/avg, stage0/target_supervised, stage1/<tag>,
+stage1/blend, stage1/avg, stage2/<sage|mole|without_<tag>>, analysis/, results.json|md|csv). Rows, in table order:
+``plugins.sage.rows.ROWS`` (source models, Blend + ViT, Avg + ViT, single experts, Blend / Avg + ViT (LoRA), the
+static merges, LoRAHub, MoLE, SAGE, leave-one-out, the supervised upper bound); every row on the target test set:
+mAP, R-1, R-5, R-10.
 
 Resuming: a stage folder holding ``done.json`` is complete and skipped; a stage interrupted mid-way resumes from
 its last checkpoint (fast-reid's ``last_checkpoint``); rows already in ``results.json`` are not re-measured. The
@@ -30,34 +27,36 @@ from fastreid.modeling import build_model
 from fastreid.utils import comm
 from safetensors.torch import save_file
 
+from ..engine.loaders import dataset_items
 from ..engine.pseudo_label_trainer import unlabelled_pool
 from ..engine.results import ResultsTable, metrics_of
 from ..engine.seeding import seed_stage
-from ..engine.stages import DONE_FILE, FINAL_CHECKPOINT, from_main, run_stage
+from ..engine.stages import DONE_FILE, from_main, run_stage
 from ..registry import TRAINER_REGISTRY
+from .analysis_io import analyze_pipeline_run
 from .bn_recalibration import recalibrate_batchnorm
-from .builders import (MERGE_ROWS, build_static_merge_model, load_expert_model, load_model_state,
-                       load_source_weights)
-from .config import BASELINES, eval_model_cfg, source_tags
+from .builders import (build_mean_source_model, build_static_merge_model, load_expert_model, load_gated_model,
+                       load_model_state, load_source_weights, mean_source_state)
+from .config import eval_model_cfg, source_tags
+from .layout import TRAINED_GATES, RunLayout, check_tags, final_checkpoint, run_paths
 from .lorahub_fit import fit_lorahub_model
-from .trainers import EXPERT_SUBDIR, SAGEExpertTrainer, SAGEGateTrainer
+from .rows import BASELINES, STATIC_MERGES, row, row_name
+from .trainers import SAGEExpertTrainer, SAGEGateTrainer
 
-__all__ = ["SAGEPipeline", "ROW_NAMES", "DONE_FILE"]
+__all__ = ["SAGEPipeline", "DONE_FILE"]
 
 logger = logging.getLogger("fastreid." + __name__)
-
-PRETRAINED_VIT = "vit.safetensors"
-ROW_NAMES = {"lora_avg": "LoRA-Avg", "task_arithmetic": "Task Arithmetic", "ties": "TIES", "dare": "DARE",
-             "knots": "KnOTS", "tsv_merge": "TSV-M", "lorahub": "LoRAHub", "mole": "MoLE"}
 
 
 @TRAINER_REGISTRY.register()
 class SAGEPipeline:
-    """Stages 0 -> 1 -> 2, every baseline, the results table (see the module docstring for the folder layout)."""
+    """Stages 0 -> 1 -> 2, every baseline, the results table (rows: ``plugins.sage.rows``; folders:
+    ``plugins.sage.layout``)."""
 
     def __init__(self, cfg):
         s = cfg.SAGE
         self.sources, self.tags = source_tags(cfg)
+        check_tags(self.tags)
         for key in ("SOURCE_WEIGHTS", "EXPERT_DIRS"):
             missing = [p for p in s.get(key) if not os.path.exists(p)]
             if missing:
@@ -65,13 +64,17 @@ class SAGEPipeline:
         unknown = [b for b in s.BASELINES if b not in BASELINES]
         if unknown:
             raise ValueError(f"SAGE.BASELINES has unknown entries {unknown}; choose from {list(BASELINES)}")
+        if "blend_vit_lora" in s.BASELINES and not s.BLEND:
+            raise ValueError("SAGE.BASELINES 'blend_vit_lora' (Blend + ViT (LoRA)) adapts the pooled-source model: set "
+                             "SAGE.BLEND True to train it")
         if len(cfg.DATASETS.TESTS) != 1:
             raise ValueError(f"DATASETS.TESTS must name exactly one target test set, got {tuple(cfg.DATASETS.TESTS)}")
-        if s.GATE.KIND not in ("sage", "mole"):
-            raise ValueError(f"SAGE.GATE.KIND of the pipeline's main row must be 'sage' or 'mole', got "
+        if s.GATE.KIND not in TRAINED_GATES:
+            raise ValueError(f"SAGE.GATE.KIND of the pipeline's main row must be one of {TRAINED_GATES}, got "
                              f"{s.GATE.KIND!r} (LoRA-Avg is the 'lora_avg' baseline)")
         self.cfg = cfg
         self.root = cfg.OUTPUT_DIR
+        self.layout = RunLayout(cfg.OUTPUT_DIR)
         self.target = cfg.DATASETS.TESTS[0]
         self.results = ResultsTable(self.root)
         self.order: List[str] = []
@@ -89,9 +92,9 @@ class SAGEPipeline:
         """``--eval-only``: this run's trained stage-2 model (gate ``SAGE.GATE.KIND``): sources and experts from
         ``OUTPUT_DIR`` (or ``SAGE.SOURCE_WEIGHTS`` / ``SAGE.EXPERT_DIRS``), gates and neck from
         ``stage2/<gate>/model_final.pth`` (train_net refuses a ``MODEL.WEIGHTS`` that would be loaded over it)."""
-        from .analysis_io import load_stage2_model, pipeline_paths
-
-        return load_stage2_model(eval_model_cfg(cfg), pipeline_paths(cfg, gate=cfg.SAGE.GATE.KIND))
+        paths = run_paths(cfg, gate=cfg.SAGE.GATE.KIND)
+        return load_gated_model(eval_model_cfg(cfg), paths.source_weights, paths.expert_dirs,
+                                paths.stage2_checkpoint, gate=paths.gate)
 
     @classmethod
     def test(cls, cfg, model):
@@ -105,27 +108,37 @@ class SAGEPipeline:
 
     def train(self) -> Dict[str, Dict]:
         s = self.cfg.SAGE
+        baselines = set(s.BASELINES)
+        if "supervised" in baselines:
+            self.check_target_labels()  # before hours of training, not at the last row
         self.pretrained = self.pretrain() if s.PRETRAIN_DATASETS else ""
         sources = self.source_models()
-        if s.BLEND:
-            self.blend()
+        blend = self.blend() if s.BLEND else ""
+        if "avg_vit" in baselines:
+            self.eval_row("avg_vit", lambda: build_mean_source_model(self.eval_cfg, sources))
         experts = self.expert_models(sources)
-        for row in MERGE_ROWS:
-            if row in s.BASELINES:
-                self.eval_row(ROW_NAMES[row], "static merge",
-                              lambda row=row: build_static_merge_model(self.eval_cfg, sources, experts, row),
+        if "blend_vit_lora" in baselines:
+            self.expert_stage("blend_vit_lora", "blend", blend, "stage 1 (expert on the Blend model)")
+        if "avg_vit_lora" in baselines:
+            self.expert_stage("avg_vit_lora", "avg", self.mean_source(sources),
+                              "stage 1 (expert on the mean backbone)")
+        for key in STATIC_MERGES:
+            if key in baselines:
+                self.eval_row(key, lambda key=key: build_static_merge_model(self.eval_cfg, sources, experts, key),
                               recalibrate=bool(s.MERGE.RECALIBRATE_BN))
-        if "lorahub" in s.BASELINES:
-            self.eval_row("LoRAHub", "learned merge", lambda: self._lorahub(sources, experts),
-                          recalibrate=bool(s.MERGE.RECALIBRATE_BN))
-        if "mole" in s.BASELINES:
-            self.gate_stage("MoLE", "mole", "mole", sources, experts)
-        self.gate_stage("SAGE" if s.GATE.KIND == "sage" else "MoLE", s.GATE.KIND, s.GATE.KIND, sources, experts)
+        if "lorahub" in baselines:
+            self.eval_row("lorahub", lambda: self._lorahub(sources, experts), recalibrate=bool(s.MERGE.RECALIBRATE_BN))
+        if "mole" in baselines:
+            self.gate_stage(row_name("mole"), self.layout.gate_dir("mole"), "mole", sources, experts)
+        self.gate_stage(row_name(s.GATE.KIND), self.layout.gate_dir(s.GATE.KIND), s.GATE.KIND, sources, experts)
         if s.LEAVE_ONE_OUT:
             for k, tag in enumerate(self.tags):
                 keep = [i for i in range(len(self.tags)) if i != k]
-                self.gate_stage(f"SAGE w/o {self.sources[k]}", f"without_{tag}", s.GATE.KIND,
-                                [sources[i] for i in keep], [experts[i] for i in keep], group="leave-one-out")
+                self.gate_stage(row_name("leave_one_out", self.sources[k]), self.layout.leave_one_out_dir(tag),
+                                s.GATE.KIND, [sources[i] for i in keep], [experts[i] for i in keep],
+                                group=row("leave_one_out").group)
+        if "supervised" in baselines:
+            self.supervised()
         report = self.report()
         if s.ANALYZE and s.GATE.KIND == "sage":
             self.analyze()
@@ -135,17 +148,17 @@ class SAGEPipeline:
 
     def pretrain(self) -> str:
         """Shared pre-training on ``SAGE.PRETRAIN_DATASETS``; returns its ViT weights exported as safetensors."""
-        out = os.path.join(self.root, "pretrain")
+        out = self.layout.pretrain_dir
         cfg = self.stage_cfg("PRETRAIN", out, trainer="DefaultTrainer", names=tuple(self.cfg.SAGE.PRETRAIN_DATASETS))
         cfg.defrost()
         # fast-reid's checkpointer hook needs a test set: the first pre-training dataset (in-domain sanity check)
         cfg.DATASETS.TESTS = tuple(self.cfg.SAGE.PRETRAIN_DATASETS)[:1]
         cfg.freeze()
         self.run_stage("pre-training", cfg, DefaultTrainer)
-        path = os.path.join(out, PRETRAINED_VIT)
+        path = self.layout.pretrained_vit
         if comm.is_main_process() and not os.path.isfile(path):
             prefix = "backbone.vit."
-            state = load_model_state(os.path.join(out, FINAL_CHECKPOINT))
+            state = load_model_state(final_checkpoint(out))
             save_file({k[len(prefix):]: v.contiguous() for k, v in state.items() if k.startswith(prefix)}, path,
                       metadata={"format": "pt"})
         comm.synchronize()
@@ -156,45 +169,75 @@ class SAGEPipeline:
         given = list(self.cfg.SAGE.SOURCE_WEIGHTS)
         paths = []
         for k, (name, tag) in enumerate(zip(self.sources, self.tags)):
-            row = f"source-only: {name}"
             if given:
                 paths.append(given[k])
-                self.eval_row(row, "source model", lambda k=k: self._load_source(given[k]))
+                self.eval_row("source", lambda k=k: self._load_source(given[k]), source=name)
                 continue
-            out = os.path.join(self.root, "stage0", tag)
+            out = self.layout.source_dir(tag)
             cfg = self.stage_cfg(0, out, trainer="DefaultTrainer", names=(name,))
-            self.record(row, "source model", self.run_stage(f"stage 0 ({name})", cfg, DefaultTrainer))
-            paths.append(os.path.join(out, FINAL_CHECKPOINT))
+            self.record("source", self.run_stage(f"stage 0 ({name})", cfg, DefaultTrainer), source=name)
+            paths.append(final_checkpoint(out))
         return paths
 
-    def blend(self) -> None:
-        out = os.path.join(self.root, "stage0", "blend")
+    def blend(self) -> str:
+        """"Blend + ViT": one stage-0 model on the pooled sources; returns its checkpoint."""
+        out = self.layout.blend_dir
         cfg = self.stage_cfg(0, out, trainer="DefaultTrainer", names=tuple(self.sources))
-        self.record("Blend (pooled sources)", "source model", self.run_stage("stage 0 (blend)", cfg, DefaultTrainer))
+        self.record("blend", self.run_stage("stage 0 (blend)", cfg, DefaultTrainer))
+        return final_checkpoint(out)
+
+    def mean_source(self, sources: List[str]) -> str:
+        """The mean of the source models written once to ``stage0/avg/model.safetensors`` (the merged base's route,
+        ``builders.mean_source_state``), so that stage 1 can start from it like from any source checkpoint."""
+        path = self.layout.mean_source
+        if comm.is_main_process() and not os.path.isfile(path):
+            state = mean_source_state(build_model(self.eval_cfg), sources)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            save_file({k: v.contiguous() for k, v in state.items()}, path + ".tmp", metadata={"format": "pt"})
+            os.replace(path + ".tmp", path)  # never leave a half-written file behind a kill
+        comm.synchronize()
+        return path
 
     def expert_models(self, sources: List[str]) -> List[str]:
         """Stage 1: one expert per source on the target (or the given SAGE.EXPERT_DIRS, evaluated)."""
         given = list(self.cfg.SAGE.EXPERT_DIRS)
         dirs = []
         for k, (name, tag) in enumerate(zip(self.sources, self.tags)):
-            row = f"expert: {name}"
             if given:
                 dirs.append(given[k])
-                self.eval_row(row, "single expert",
-                              lambda k=k: load_expert_model(self.eval_cfg, sources[k], given[k]))
+                self.eval_row("expert", lambda k=k: load_expert_model(self.eval_cfg, sources[k], given[k]),
+                              source=name)
                 continue
-            out = os.path.join(self.root, "stage1", tag)
-            cfg = self.stage_cfg(1, out, trainer="SAGEExpertTrainer", weights=sources[k])
-            self.record(row, "single expert", self.run_stage(f"stage 1 (expert {name})", cfg, SAGEExpertTrainer))
-            dirs.append(os.path.join(out, EXPERT_SUBDIR))
+            dirs.append(self.expert_stage("expert", tag, sources[k], f"stage 1 (expert {name})", source=name))
         return dirs
 
-    def gate_stage(self, row: str, folder: str, kind: str, sources: List[str], experts: List[str],
+    def expert_stage(self, key: str, tag: str, weights: str, title: str, source: Optional[str] = None) -> str:
+        """Stage 1 on the backbone ``weights`` in ``stage1/<tag>`` (same pseudo-label trainer for every expert row);
+        returns the exported expert folder."""
+        cfg = self.stage_cfg(1, self.layout.expert_stage_dir(tag), trainer="SAGEExpertTrainer", weights=weights)
+        self.record(key, self.run_stage(title, cfg, SAGEExpertTrainer), source=source)
+        return self.layout.expert_dir(tag)
+
+    def gate_stage(self, name: str, out: str, kind: str, sources: List[str], experts: List[str],
                    group: str = "learned merge") -> None:
-        """Stage 2 with gate ``kind`` on the given experts, in ``stage2/<folder>``."""
-        out = os.path.join(self.root, "stage2", folder)
+        """Stage 2 with gate ``kind`` on the given experts, in the stage folder ``out``; results row ``name``."""
         cfg = self.stage_cfg(2, out, trainer="SAGEGateTrainer", sources=sources, experts=experts, gate=kind)
-        self.record(row, group, self.run_stage(f"stage 2 ({row})", cfg, SAGEGateTrainer))
+        self._record_named(name, group, self.run_stage(f"stage 2 ({name})", cfg, SAGEGateTrainer))
+
+    def check_target_labels(self) -> None:
+        """The upper bound trains on the target's own labels: refuse a target pool without identities."""
+        names = tuple(self.cfg.DATASETS.NAMES)
+        pids = {it[1] for it in dataset_items(names, "train")}
+        if len(pids) < 2:
+            raise ValueError(f"SAGE.BASELINES 'supervised' trains on the target's labels, but the train set of "
+                             f"DATASETS.NAMES {names} has {len(pids)} identity label(s) {sorted(pids)[:3]}: remove "
+                             f"'supervised' for an unlabelled target")
+
+    def supervised(self) -> None:
+        """The upper bound: the stage-0 recipe on the target's own labelled train set (``DATASETS.NAMES``)."""
+        cfg = self.stage_cfg(0, self.layout.supervised_dir, trainer="DefaultTrainer",
+                             names=tuple(self.cfg.DATASETS.NAMES))
+        self.record("supervised", self.run_stage("stage 0 (supervised on the target)", cfg, DefaultTrainer))
 
     # --- helpers ---------------------------------------------------------------------------------------------
 
@@ -239,27 +282,33 @@ class SAGEPipeline:
         export = (lambda trainer: trainer.export_expert()) if trainer_cls is SAGEExpertTrainer else None
         return run_stage(title, cfg, trainer_cls, after_final_checkpoint=export)
 
-    def record(self, row: str, group: str, metrics: Dict[str, float]) -> None:
-        self.order.append(row)
-        self.results.add(row, group, metrics, save=comm.is_main_process())
+    def record(self, key: str, metrics: Dict[str, float], source: Optional[str] = None) -> None:
+        """Add row ``key`` of ``plugins.sage.rows`` (per-source rows: of ``source``) with its group."""
+        self._record_named(row_name(key, source), row(key).group, metrics)
 
-    def eval_row(self, row: str, group: str, build: Callable[[], torch.nn.Module], *,
+    def _record_named(self, name: str, group: str, metrics: Dict[str, float]) -> None:
+        self.order.append(name)
+        self.results.add(name, group, metrics, save=comm.is_main_process())
+
+    def eval_row(self, key: str, build: Callable[[], torch.nn.Module], *, source: Optional[str] = None,
                  recalibrate: bool = False) -> None:
-        """Evaluate the model ``build()`` returns on the target, unless ``row`` is already in results.json.
-        ``recalibrate``: first re-estimate its BatchNorm statistics on the target images (bn_recalibration.py)."""
-        if row in self.results:
-            logger.info(f"{row}: already measured, skipped")
-            self.order.append(row)
+        """Evaluate the model ``build()`` returns on the target as row ``key``, unless it is already in
+        results.json. ``recalibrate``: first re-estimate its BatchNorm statistics on the target images
+        (bn_recalibration.py)."""
+        name = row_name(key, source)
+        if name in self.results:
+            logger.info(f"{name}: already measured, skipped")
+            self.order.append(name)
             return
-        logger.info(f"{row}: building and evaluating")
-        seed_stage(self.cfg, f"row: {row}")  # merges and BN re-estimation draw random numbers: not from earlier stages
+        logger.info(f"{name}: building and evaluating")
+        seed_stage(self.cfg, f"row: {name}")  # merges and BN re-estimation draw random numbers: not from earlier stages
         model = build()
         if recalibrate:
             recalibrate_batchnorm(self.eval_cfg, model, self.target_items)
         model.eval()
         device = torch.device(self.cfg.MODEL.DEVICE)
         results = DefaultTrainer.test(self.eval_cfg, model.to(device))
-        self.record(row, group, from_main(metrics_of(results, row) if comm.is_main_process() else None))
+        self.record(key, from_main(metrics_of(results, name) if comm.is_main_process() else None), source=source)
         del model
         gc.collect()
 
@@ -272,19 +321,17 @@ class SAGEPipeline:
         model, coefficients = fit_lorahub_model(self.eval_cfg, sources, experts, items=self.target_items)
         if comm.is_main_process():
             os.makedirs(self.root, exist_ok=True)
-            with open(os.path.join(self.root, "lorahub_coefficients.json"), "w") as f:
+            with open(self.layout.lorahub_coefficients, "w") as f:
                 json.dump(dict(zip(self.tags, coefficients)), f, indent=2)
         return model
 
     def analyze(self) -> None:
         """The paper's analyses of the SAGE model (rank 0; plugins.sage.analysis_io)."""
-        out = os.path.join(self.root, "analysis")
+        out = self.layout.analysis_dir
         if comm.is_main_process():
             if os.path.isfile(os.path.join(out, "summary.md")):
                 logger.info(f"analysis: complete in {out}, skipped")
             else:
-                from .analysis_io import analyze_pipeline_run
-
                 analyze_pipeline_run(self.cfg, output_dir=out, gate="sage",
                                      max_images=int(self.cfg.SAGE.ANALYSIS_MAX_IMAGES))
                 logger.info(f"analysis tables and heatmaps written to {out}")

@@ -2,7 +2,7 @@
 
 - ``SAGEExpertTrainer`` (stage 1): freeze the source model ``MODEL.WEIGHTS``, add one LoRA expert, train it on the
   unlabelled target ``DATASETS.NAMES`` with clustering pseudo-labels; at the end the expert is written to
-  ``OUTPUT_DIR/expert`` (peft layout + neck).
+  ``OUTPUT_DIR/expert`` (``layout.EXPERT_SUBDIR``: peft layout + neck).
 - ``SAGEGateTrainer`` (stage 2): mean of ``SAGE.SOURCE_WEIGHTS`` + the experts ``SAGE.EXPERT_DIRS`` gated per layer
   (``SAGE.GATE.KIND``); trains the gates on pseudo-labels.
 Stage 0 is fast-reid's ``DefaultTrainer`` unchanged.
@@ -17,10 +17,9 @@ from ..engine.pseudo_label_hook import unwrap_model
 from ..engine.pseudo_label_trainer import PseudoLabelTrainer
 from ..registry import TRAINER_REGISTRY
 from .builders import build_expert_model, build_gated_model, save_expert_with_neck
+from .layout import EXPERT_SUBDIR
 
-__all__ = ["SAGEExpertTrainer", "SAGEGateTrainer", "EXPERT_SUBDIR"]
-
-EXPERT_SUBDIR = "expert"
+__all__ = ["SAGEExpertTrainer", "SAGEGateTrainer"]
 
 
 class _NoWeightsReload:

@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 from plugins.layers.gated_lora import GatedLoRALinear, LowRankResiduals
-from plugins.layers.lora import lora_residual
+from plugins.layers.low_rank import lora_residual
+from plugins.routers.base import RouterOutput
 
 K, R, D_IN, D_OUT, B, N = 3, 2, 6, 5, 4, 7
 
@@ -14,7 +15,7 @@ class FixedGate(nn.Module):
 
     def forward(self, delta):
         dense = delta.dense() if isinstance(delta, LowRankResiduals) else delta
-        return torch.softmax(dense.mean(dim=(2, 3)) * 10.0, dim=1)
+        return RouterOutput(torch.softmax(dense.mean(dim=(2, 3)) * 10.0, dim=1))
 
 
 def _layer(gate=None, seed=0):
@@ -31,7 +32,7 @@ def test_single_forward_equals_separate_experts():
     x = torch.randn(B, N, D_IN)
     separate = torch.stack([lora_residual(x, a[k], b[k], s[k]) for k in range(K)], dim=1)  # (B, K, N, D_OUT)
     assert torch.allclose(layer.expert_residuals(x).dense(), separate, atol=1e-5)
-    g = FixedGate()(separate)
+    g = FixedGate()(separate).weights
     expected = layer.base(x) + sum(g[:, k, None, None] * separate[:, k] for k in range(K))
     assert torch.allclose(layer(x), expected, atol=1e-5)
     assert torch.allclose(layer.last_gate_weights, g, atol=1e-6)

@@ -10,7 +10,8 @@ from torch import nn
 
 from plugins.sage.analysis import (block_index, collect_gate_weights, collect_module_outputs, expert_cka_table,
                                    gate_correlation, linear_cka, mean_gate_table, module_type, run_analysis)
-from plugins.sage.convert import build_gated_vit
+from plugins.routers import Router, RouterOutput
+from plugins.sage.gated_model import build_gated_vit
 from plugins.tuners.inject import inject_lora, lora_factors_from_peft
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -57,17 +58,17 @@ def gated_from(base, experts, gate="sage", gate_std=0.0):
     return model, layers
 
 
-class PickGate(nn.Module):
-    """Gate that always puts weight 1 on expert ``index``."""
+class PickGate(Router):
+    """Router that always puts weight 1 on expert ``index``."""
 
-    def __init__(self, index):
-        super().__init__()
+    def __init__(self, index, num_experts=2):
+        super().__init__(num_experts=num_experts)
         self.index = index
 
-    def forward(self, delta):
+    def route(self, delta, **context):
         g = torch.zeros(delta.shape[:2], dtype=delta.dtype)
         g[:, self.index] = 1.0
-        return g
+        return RouterOutput(g)
 
 
 @pytest.mark.parametrize("name,kind,block", [

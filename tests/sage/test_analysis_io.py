@@ -13,10 +13,10 @@ from fastreid.modeling import build_model
 
 from plugins.config import add_plugins_config
 from plugins.sage.analysis import collect_gate_weights, gated_layers, mean_gate_table
-from plugins.sage.analysis_io import (analyze_pipeline_run, load_stage2_model, pipeline_paths,
-                                      query_loader)
+from plugins.sage.analysis_io import analyze_pipeline_run, load_stage2_model, query_loader
 from plugins.sage.builders import build_expert_model, build_gated_model, save_expert_with_neck
 from plugins.sage.config import add_sage_config, eval_model_cfg
+from plugins.sage.layout import run_paths
 
 TAGS = ("a", "b")
 PSEUDO_CLASSES = 7  # rows of the stage-2 classifier after pseudo-labelling (the analysis builds 1)
@@ -91,7 +91,7 @@ def run(tmp_path_factory, repo_root):
 
 def test_stage2_checkpoint_really_is_loaded(run):
     cfg, saved, _ = run
-    paths = pipeline_paths(cfg)
+    paths = run_paths(cfg)
     assert paths.expert_names == TAGS and paths.gate == "sage"
     assert paths.stage2_checkpoint == os.path.join(cfg.OUTPUT_DIR, "stage2", "sage", "model_final.pth")
     model = load_stage2_model(eval_model_cfg(cfg), paths)
@@ -119,7 +119,7 @@ def test_analyze_pipeline_run_writes_tables(run):
     np.testing.assert_allclose(means.sum(axis=1), 1.0, atol=1e-6)
     assert np.abs(means - 0.5).max() > 1e-3  # the trained (perturbed) gates, not the zero-initialised 1/K
     # the same numbers as the loaded model's gates over the same 20 query images
-    model = load_stage2_model(eval_model_cfg(cfg), pipeline_paths(cfg))
+    model = load_stage2_model(eval_model_cfg(cfg), run_paths(cfg))
     weights = collect_gate_weights(model, query_loader(eval_model_cfg(cfg), "SynthReIDC", max_images=20),
                                    progress=False)
     np.testing.assert_allclose(means, mean_gate_table(weights, TAGS).by_type.values, atol=1e-9)
@@ -134,12 +134,12 @@ def test_missing_files_are_named_with_their_stage(run, tmp_path):
     shutil.move(stage2, moved)
     try:
         with pytest.raises(FileNotFoundError, match="stage 2") as err:
-            pipeline_paths(cfg)
+            run_paths(cfg)
         assert stage2 in str(err.value) and "stage0" not in str(err.value)
     finally:
         shutil.move(moved, stage2)
     with pytest.raises(FileNotFoundError) as err:
-        pipeline_paths(make_cfg_like(cfg, tmp_path / "empty"), gate="mole")
+        run_paths(make_cfg_like(cfg, tmp_path / "empty"), gate="mole")
     msg = str(err.value)
     for tag in TAGS:
         assert os.path.join(str(tmp_path / "empty"), "stage0", tag, "model_final.pth") in msg
@@ -160,17 +160,17 @@ def make_cfg_like(cfg, output_dir, **sage):
 
 def test_given_weights_and_expert_dirs_come_first(run, tmp_path):
     cfg, _, _ = run
-    own = pipeline_paths(cfg)
+    own = run_paths(cfg)
     elsewhere = tmp_path / "elsewhere"
     shutil.copytree(cfg.OUTPUT_DIR, elsewhere, ignore=shutil.ignore_patterns("analysis"))
     given_w = tuple(str(elsewhere / "stage0" / t / "model_final.pth") for t in TAGS)
     given_e = tuple(str(elsewhere / "stage1" / t / "expert") for t in TAGS)
     c = make_cfg_like(cfg, cfg.OUTPUT_DIR, SOURCE_WEIGHTS=given_w, EXPERT_DIRS=given_e)
-    paths = pipeline_paths(c)
+    paths = run_paths(c)
     assert paths.source_weights == given_w and paths.expert_dirs == given_e
     assert paths.stage2_checkpoint == own.stage2_checkpoint  # stage 2 always lives in OUTPUT_DIR
     with pytest.raises(ValueError, match="SOURCE_WEIGHTS has 1 entries"):
-        pipeline_paths(make_cfg_like(cfg, cfg.OUTPUT_DIR, SOURCE_WEIGHTS=given_w[:1]))
+        run_paths(make_cfg_like(cfg, cfg.OUTPUT_DIR, SOURCE_WEIGHTS=given_w[:1]))
 
 
 def test_checkpoint_of_another_gate_kind_is_refused(run, tmp_path):
@@ -179,7 +179,7 @@ def test_checkpoint_of_another_gate_kind_is_refused(run, tmp_path):
     shutil.copytree(cfg.OUTPUT_DIR, c.OUTPUT_DIR, ignore=shutil.ignore_patterns("analysis"))
     shutil.copytree(os.path.join(c.OUTPUT_DIR, "stage2", "sage"), os.path.join(c.OUTPUT_DIR, "stage2", "mole"))
     with pytest.raises(ValueError, match="gate 'mole'.*8 tensors differ in shape"):
-        load_stage2_model(eval_model_cfg(c), pipeline_paths(c, gate="mole"))
+        load_stage2_model(eval_model_cfg(c), run_paths(c, gate="mole"))
 
 
 @pytest.mark.slow  # a fresh interpreter imports torch + fastreid + timm: ~10-40 s on 2 busy cores

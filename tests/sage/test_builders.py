@@ -20,9 +20,11 @@ from safetensors.torch import save_file
 from plugins.compat.config_fixes import adjust_config_for_host
 from plugins.config import add_plugins_config
 from plugins.layers.gated_lora import GatedLoRALinear
+from plugins.compat.checkpoint import load_state_checked
 from plugins.sage.builders import (CLASSIFIER_KEY, NECK_FILE, build_expert_model, build_gated_model,
-                                   build_merged_base, build_static_merge_model, load_expert_model,
-                                   load_source_weights, save_expert_with_neck, vit_of)
+                                   build_mean_source_model, build_merged_base, build_static_merge_model,
+                                   load_expert_model, load_source_weights, mean_source_state, merge_kwargs,
+                                   save_expert_with_neck, vit_of)
 from plugins.sage.config import add_sage_config
 from plugins.tuners.expert_bank import lora_factors
 
@@ -223,6 +225,76 @@ def test_lora_avg_equals_avg_gate_equals_zero_sage_gate(bank):
     # the experts do move the features: LoRA-Avg differs from the plain merged base
     base, _ = build_merged_base(cfg, *args)
     assert not torch.allclose(features(base, bank["batch"]), static, atol=1e-3)
+
+
+def test_mean_backbone_exclusion_rule(bank):
+    """The merged base's one rule: every key of the fast-reid model but the classifier heads.weight (its row count
+    is each source's identity count: 5, 6, 7 here); the BNNeck is averaged like the backbone."""
+    states = source_states(bank)
+    assert len({s[CLASSIFIER_KEY].shape for s in states}) == K
+    model = build_model(bank["cfg"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    mean = mean_source_state(model, bank["source_paths"])
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # checked against, not loaded
+    assert set(mean) == set(states[0]) - {CLASSIFIER_KEY}
+    assert any(k.startswith("heads.bottleneck") for k in mean)  # a "head" prefix rule would have dropped the neck
+    for key, value in mean.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, sum(s[key] for s in states) / K, msg=key)
+
+
+def test_avg_vit_is_the_mean_source_model(bank):
+    """"Avg + ViT": the mean of the source models (backbone and neck), frozen, and the same backbone the merged
+    base starts from (one route); it differs from every single source."""
+    model = build_mean_source_model(bank["cfg"], bank["source_paths"])
+    assert not any(p.requires_grad for p in model.parameters())
+    states, own = source_states(bank), model.state_dict()
+    for key in own:
+        if key != CLASSIFIER_KEY and own[key].is_floating_point():
+            torch.testing.assert_close(own[key], sum(s[key] for s in states) / K, msg=key)
+    base, _ = build_merged_base(bank["cfg"], bank["source_paths"], bank["expert_dirs"])
+    merged = base.state_dict()
+    for key in [k for k in own if k.startswith("backbone.")]:
+        assert torch.equal(own[key], merged[key]), key
+    feats = features(model, bank["batch"])
+    for src in bank["sources"]:
+        assert not torch.allclose(feats, features(src, bank["batch"]), atol=1e-4)
+
+
+def test_knots_rows_fix_their_combination(bank):
+    """KnOTS-TA and KnOTS-TIES are two rows: each fixes its combination, SAGE.MERGE sets the rest. Known answer:
+    aligned Task Arithmetic over the full joint SVD is plain Task Arithmetic (U sum_k C_k = sum_k dW_k)."""
+    cfg = with_opts(bank["cfg"], "SAGE.MERGE.SCALE", 0.5, "SAGE.MERGE.DENSITY", 0.3)
+    assert merge_kwargs(cfg, "knots_ta") == {"combination": "task_arithmetic", "keep": "authors", "scale": 0.5}
+    assert merge_kwargs(cfg, "knots_ties") == {"combination": "ties", "keep": "authors", "scale": 0.5, "density": 0.3}
+    args = (bank["source_paths"], bank["expert_dirs"])
+    ta = build_static_merge_model(cfg, *args, "task_arithmetic")
+    knots_ta = build_static_merge_model(cfg, *args, "knots_ta")
+    knots_ties = build_static_merge_model(cfg, *args, "knots_ties")
+    for name in LINEARS:
+        w_ta, w_kta = vit_linear(ta, name).weight, vit_linear(knots_ta, name).weight
+        torch.testing.assert_close(w_kta, w_ta, rtol=1e-4, atol=1e-5, msg=name)
+    assert not torch.allclose(vit_linear(knots_ties, "blocks.0.mlp.fc1").weight,
+                              vit_linear(knots_ta, "blocks.0.mlp.fc1").weight, atol=1e-4)
+
+
+def test_load_state_checked_names_file_keys_and_shapes():
+    module = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    state = {k: v.clone() + 1 for k, v in module.state_dict().items()}
+    load_state_checked(module, dict(state), what="x.pth")
+    assert torch.equal(module[0].weight, state["0.weight"])
+    with pytest.raises(ValueError, match=r"x\.pth.*1 tensors differ in shape.*0\.weight \(2, 4\) \(model: \(2, 3\)\)"):
+        load_state_checked(module, {**state, "0.weight": torch.zeros(2, 4)}, what="x.pth")
+    no_bias = {k: v for k, v in state.items() if k != "0.bias"}
+    with pytest.raises(KeyError, match=r"x\.pth.*missing \['0\.bias'\]"):
+        load_state_checked(module, no_bias, what="x.pth")
+    load_state_checked(module, no_bias, what="x.pth", optional_keys=("0.bias",))
+    with pytest.raises(KeyError, match=r"y\.pth.*unexpected \['extra'\]"):
+        load_state_checked(module, {**state, "extra": torch.zeros(1)}, what="y.pth")
+    # ignored keys are neither loaded nor required, whatever their shape
+    before = module[0].weight.clone()
+    load_state_checked(module, {**state, "0.weight": torch.zeros(9)}, what="z", ignore_keys=("0.weight",))
+    assert torch.equal(module[0].weight, before)
 
 
 @pytest.mark.parametrize("row,scale", [("lora_avg", None), ("task_arithmetic", 0.7)])

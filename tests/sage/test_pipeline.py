@@ -22,6 +22,7 @@ from fastreid.engine import DefaultTrainer, default_argument_parser
 from plugins.compat.checkpoint import load_checkpoint_file
 from plugins.data.datasets.synthetic import SynthReIDBase
 from plugins.data.synthetic import SynthConfig
+from plugins.sage.builders import load_model_state
 from plugins.sage.pipeline import DONE_FILE
 from plugins.tuners.expert_bank import load_expert, lora_factors
 
@@ -33,20 +34,24 @@ TINY_DOMAIN = SynthConfig(train_ids=16, test_ids=8, images_per_id=4, height=64, 
 IMS_PER_BATCH, NUM_INSTANCE = 16, 4  # P = 4 pseudo-identities per batch
 
 SOURCES, TAGS = ("SynthReIDA", "SynthReIDB"), ("a", "b")
-ROWS = {  # row -> group, in the pipeline's order
+ROWS = {  # row -> group, in the pipeline's order (plugins.sage.rows.ROWS)
     "source-only: SynthReIDA": "source model", "source-only: SynthReIDB": "source model",
-    "Blend (pooled sources)": "source model",
+    "Blend + ViT": "source model", "Avg + ViT": "source model",
     "expert: SynthReIDA": "single expert", "expert: SynthReIDB": "single expert",
-    "LoRA-Avg": "static merge", "TIES": "static merge",
+    "Blend + ViT (LoRA)": "single expert", "Avg + ViT (LoRA)": "single expert",
+    "LoRA-Avg": "static merge", "TIES": "static merge", "KnOTS-TA": "static merge",
     "LoRAHub": "learned merge", "MoLE": "learned merge", "SAGE": "learned merge",
     "SAGE w/o SynthReIDA": "leave-one-out", "SAGE w/o SynthReIDB": "leave-one-out",
+    "ViT (target labels)": "upper bound (target labels)",
 }
 STAGE_ROWS = {  # stage folder -> its results row
     "stage0/a": "source-only: SynthReIDA", "stage0/b": "source-only: SynthReIDB",
-    "stage0/blend": "Blend (pooled sources)",
+    "stage0/blend": "Blend + ViT",
     "stage1/a": "expert: SynthReIDA", "stage1/b": "expert: SynthReIDB",
+    "stage1/blend": "Blend + ViT (LoRA)", "stage1/avg": "Avg + ViT (LoRA)",
     "stage2/mole": "MoLE", "stage2/sage": "SAGE",
     "stage2/without_a": "SAGE w/o SynthReIDA", "stage2/without_b": "SAGE w/o SynthReIDB",
+    "stage0/target_supervised": "ViT (target labels)",
 }
 METRICS = ("mAP", "Rank-1", "Rank-5", "Rank-10")
 
@@ -65,7 +70,8 @@ def opts(output_dir) -> list:
         "PLUGINS.PSEUDO_LABEL.MIN_SAMPLES", "2", "PLUGINS.PSEUDO_LABEL.FEATURE_BATCH", "64",
         "SAGE.SOURCES", str(SOURCES), "SAGE.SOURCE_TAGS", str(TAGS), "SAGE.PRETRAIN_DATASETS", "()",
         "SAGE.STAGE1_OPTS", str(stage), "SAGE.STAGE2_OPTS", str(stage + ["SOLVER.BASE_LR", "0.01"]),
-        "SAGE.BASELINES", '("lora_avg", "ties", "lorahub", "mole")', "SAGE.BLEND", "True",
+        "SAGE.BASELINES", '("avg_vit", "blend_vit_lora", "avg_vit_lora", "lora_avg", "ties", "knots_ta", "lorahub", '
+                          '"mole", "supervised")', "SAGE.BLEND", "True",
         "SAGE.LEAVE_ONE_OUT", "True", "SAGE.LORAHUB.BUDGET", "6", "SAGE.LORAHUB.NUM_IMAGES", "32",
         "OUTPUT_DIR", str(output_dir),
     ]
@@ -147,7 +153,13 @@ def test_folder_layout(run):
         assert (out / stage / "log.txt").is_file()
         if not stage.startswith("stage1"):
             assert (out / stage / "model_final.pth").is_file(), stage
-    for tag in TAGS:
+    # Avg + ViT (LoRA) started from the mean of the two sources, written once (classifier excluded)
+    mean = load_model_state(str(out / "stage0" / "avg" / "model.safetensors"))
+    sources = [load_model_state(str(out / "stage0" / t / "model_final.pth")) for t in TAGS]
+    assert "heads.weight" not in mean and set(mean) == set(sources[0]) - {"heads.weight"}
+    key = "backbone.vit.blocks.0.mlp.fc1.weight"
+    torch.testing.assert_close(mean[key], (sources[0][key] + sources[1][key]) / 2)
+    for tag in TAGS + ("blend", "avg"):
         expert = out / "stage1" / tag / "expert"
         assert sorted(os.listdir(expert)) == ["adapter_config.json", "adapter_model.safetensors", "neck.safetensors"]
         factors = lora_factors(load_expert(str(expert)))
@@ -201,12 +213,12 @@ def test_rerun_trains_and_evaluates_nothing(run, monkeypatch):
 
 def test_rerun_redoes_only_what_was_deleted(run, monkeypatch):
     """MoLE lost its done.json (its final checkpoint is there: evaluated again, not retrained), without_b lost its
-    folder (retrained), TIES lost its row (re-measured); nothing else is touched."""
+    folder (retrained), TIES and Avg + ViT lost their rows (re-measured); nothing else is touched."""
     out, first, run_once = run
     (out / "stage2" / "mole" / DONE_FILE).unlink()
     shutil.rmtree(out / "stage2" / "without_b")
     results = json.loads((out / "results.json").read_text())
-    for row in ("MoLE", "SAGE w/o SynthReIDB", "TIES"):
+    for row in ("MoLE", "SAGE w/o SynthReIDB", "TIES", "Avg + ViT"):
         del results[row]
     (out / "results.json").write_text(json.dumps(results))
     before = {k: v for k, v in stage_files(out).items() if not k.startswith("stage2/mole/")}
@@ -215,7 +227,7 @@ def test_rerun_redoes_only_what_was_deleted(run, monkeypatch):
     rows = run_once()
     assert spy.built == [str(out / "stage2" / "mole"), str(out / "stage2" / "without_b")]
     assert spy.trained == [str(out / "stage2" / "without_b")]
-    assert spy.evaluated == 3  # TIES, the MoLE checkpoint, the retrained without_b
+    assert spy.evaluated == 4  # Avg + ViT, TIES, the MoLE checkpoint, the retrained without_b
     assert list(rows) == list(ROWS)
     for name in ROWS:
         if name != "SAGE w/o SynthReIDB":

@@ -11,7 +11,7 @@ import plugins.sage  # noqa: F401  (registers the SAGE trainers)
 from plugins.config import add_plugins_config
 from plugins.sage.builders import _lora_kwargs, num_tokens_of, vit_of
 from plugins.sage.config import add_sage_config
-from plugins.sage.convert import build_gated_vit, gate_parameters
+from plugins.sage.gated_model import build_gated_vit, gate_parameters
 from plugins.sage.pipeline import SAGEPipeline
 from plugins.tuners.inject import inject_lora, lora_factors_from_peft, lora_parameter_count, remove_peft_layers
 

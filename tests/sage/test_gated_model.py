@@ -1,4 +1,5 @@
-"""Stage-2 model: mean backbone + K experts gated per layer; w = 0 is LoRA-Avg; golden ViT-B/16 gate sizes."""
+"""The gated ViT (plugins.sage.gated_model): K experts injected per layer with a registered router; w = 0 is
+LoRA-Avg; golden ViT-B/16 gate sizes. (The mean backbone it is injected into: tests/sage/test_builders.py.)"""
 import copy
 
 import pytest
@@ -6,8 +7,11 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from plugins.sage.convert import build_gated_vit, build_gated_vit_from_bank, gate_parameters
-from plugins.tuners.expert_bank import load_expert_bank, save_expert
+from plugins.layers.gated_lora import GatedLoRALinear
+from plugins.sage.gate import SAGEGate
+from plugins.sage.gated_model import build_gated_vit, gate_parameters
+from plugins.sage.mole_gate import MoLEGate
+from plugins.tuners.expert_bank import load_expert_bank, lora_factors, save_expert
 from plugins.tuners.inject import inject_lora, lora_factors_from_peft
 
 
@@ -58,27 +62,31 @@ def test_zero_gate_is_lora_avg_and_per_sample_merge():
         assert torch.allclose(y[i], dense_merged(plain, experts, w)(x[i:i + 1])[0], atol=1e-4)
 
 
-def test_from_bank_mean_backbone_and_biases(tmp_path):
-    sources = [tiny_vit(s) for s in (1, 2, 3)]
+def test_experts_from_a_bank_keep_the_base_weights_and_get_the_router(tmp_path):
+    """Experts read from disk (peft layout) are injected as saved; the ViT's own weights are kept (the mean
+    backbone is the merged base's job); "sage" / "mole" get their registered router, "avg" none."""
+    sources = [tiny_vit(s) for s in (1, 2)]
     for k, src in enumerate(sources):
-        inject_lora(src, rank=2, alpha=4, train_bias=True)
+        inject_lora(src, rank=2, alpha=4)
         with torch.no_grad():
             for n, p in src.named_parameters():
-                if "lora_B" in n or n.endswith("bias"):
+                if "lora_B" in n:
                     p.add_(torch.randn_like(p) * 0.1)
         save_expert(src, str(tmp_path / f"e{k}"))
-    state_dicts = [tiny_vit(s).state_dict() for s in (1, 2, 3)]  # the frozen source backbones
-    experts = load_expert_bank(str(tmp_path))
-    vit = tiny_vit(9)
-    build_gated_vit_from_bank(vit, experts, gate="avg", num_tokens=9, source_state_dicts=state_dicts)
-    mean_w = sum(sd["blocks.1.mlp.fc1.weight"] for sd in state_dicts) / 3
-    assert torch.allclose(vit.blocks[1].mlp.fc1.base.weight, mean_w, atol=1e-6)
-    mean_b = sum(s.blocks[0].norm1.bias for s in sources) / 3  # trained stage-1 biases overwrite the mean
-    assert torch.allclose(vit.blocks[0].norm1.bias, mean_b, atol=1e-6)
-    qkv = vit.blocks[0].attn.qkv
-    assert torch.allclose(qkv.base.bias, sum(s.blocks[0].attn.qkv.base_layer.bias for s in sources) / 3, atol=1e-6)
-    assert torch.equal(qkv.lora_B[2], sources[2].blocks[0].attn.qkv.lora_B["default"].weight)
-    assert torch.equal(qkv.lora_A[0], lora_factors_from_peft(sources[0], "default")["blocks.0.attn.qkv"][0])
+    experts = [lora_factors(e) for e in load_expert_bank(str(tmp_path))]
+    for gate, router in (("sage", SAGEGate), ("mole", MoLEGate), ("avg", type(None))):
+        vit = tiny_vit(9)
+        before = {k: v.clone() for k, v in vit.state_dict().items()}
+        layers = build_gated_vit(vit, experts=experts, gate=gate, num_tokens=9)
+        qkv = layers["blocks.0.attn.qkv"]
+        assert isinstance(qkv, GatedLoRALinear) and type(qkv.gate) is router, gate
+        assert torch.equal(qkv.base.weight, before["blocks.0.attn.qkv.weight"])
+        assert torch.equal(qkv.lora_B[1], sources[1].blocks[0].attn.qkv.lora_B["default"].weight)
+        assert torch.equal(qkv.lora_A[0], lora_factors_from_peft(sources[0], "default")["blocks.0.attn.qkv"][0])
+        if gate == "mole":
+            assert qkv.gate.num_experts == 2
+    with pytest.raises(ValueError, match="unknown gate kind 'dense'"):
+        build_gated_vit(tiny_vit(9), experts=experts, gate="dense", num_tokens=9)
 
 
 @pytest.mark.parametrize("k", [3, 10])
