@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Cost of SAGE's merged model vs. its alternatives on ViT-B/16 at 256x128 (sage.md, Table 9).
 
-    python tools/benchmark_sage.py --experts 3 [--batch 2] [--rank 8] [--iters 3] [--num-classes 1990]
-        [--step-batch 16]
+    python tools/benchmark_sage.py --experts 3 [--batch 2] [--rank 8] [--iters 3] [--rounds 3]
+        [--num-classes 1990] [--step-batch 16]
 
 Rows: plain ViT, a static merge folded into the base weights (LoRA-Avg here; TA / TIES / DARE / KnOTS / TSV-M /
 LoRAHub fold the same way), one LoRA expert, LoRA-Avg / SAGE / MoLE merged (one forward with all K low-rank
@@ -12,12 +12,15 @@ trainable) at K and at K=1, each in a fresh process (peak RSS above the RSS afte
 ``max_memory_allocated`` on CUDA). Every model is backbone + BNNeck + a
 bias-free classifier over ``--num-classes`` (the paper's totals include ~1,990 target pseudo-classes).
 Parameters and FLOPs (2 x multiply-adds, ``torch.utils.flop_counter.FlopCounterMode``; element-wise ops are
-not counted) are measured on meta tensors, so they cost no memory; timing runs real tensors (``--device``).
+not counted) are measured on meta tensors, so they cost no memory; timing runs real tensors (``--device``):
+every model is built first, then timed in ``--rounds`` interleaved rounds and its median kept, so the ratios
+against the plain ViT compare models measured under the same machine load.
 Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the weight memory is shown instead.
 Models above ``--max-timed-params`` parameters are not timed (MoLE at K=10 holds 1.07 G gate parameters).
 """
 import argparse
-import time
+import statistics
+from typing import Dict, List, Optional
 
 import torch
 from tabulate import tabulate
@@ -25,8 +28,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import plugins  # noqa: F401  (host-compat patches + registrations)
+from plugins.timing import seconds_per_call
 from plugins.modeling.backbones.timm_vit import TimmViTBackbone
-from plugins.sage.convert import build_gated_vit, gate_parameters
+from plugins.sage.gated_model import build_gated_vit, gate_parameters
 from plugins.tuners.inject import inject_lora, lora_factors_from_peft, remove_peft_layers
 
 # sage.md / paper Table 9 (ViT-B/16, 256x128, r=8): (GFLOPs/img, params M); reference only, for the comparison.
@@ -152,22 +156,29 @@ def count_flops(model: nn.Module) -> int:
     return counter.get_total_flops()
 
 
-def time_model(model: nn.Module, batch: int, iters: int, device: str):
+def time_models(models: Dict[str, nn.Module], batch: int, iters: int, rounds: int, device: str) -> Dict[str, float]:
+    """images/s of each model: the median over ``rounds`` rounds, each timing every model for ``iters`` forwards
+    in turn (interleaved, so a change of machine load during the run hits every model alike)."""
     x = torch.rand(batch, 3, *IMG, device=device)
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+    seconds: Dict[str, List[float]] = {name: [] for name in models}
     with torch.no_grad():
-        model(x)  # warm-up
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            model(x)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if device.startswith("cuda") else None
-    return batch * iters / dt, peak
+        for _ in range(rounds):
+            for name, model in models.items():
+                seconds[name].append(seconds_per_call(lambda: model(x), iters, device))
+    return {name: batch / statistics.median(s) for name, s in seconds.items()}
+
+
+def cuda_peak_mib(model: nn.Module, batch: int, device: str) -> Optional[float]:
+    """Peak CUDA memory (MiB) of one inference forward; None off CUDA."""
+    if not device.startswith("cuda"):
+        return None
+    x = torch.rand(batch, 3, *IMG, device=device)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        model(x)
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2 ** 20
 
 
 def main():
@@ -175,7 +186,9 @@ def main():
     ap.add_argument("--experts", type=int, required=True, help="K, number of LoRA experts")
     ap.add_argument("--batch", type=int, default=2, help="images per timed forward")
     ap.add_argument("--rank", type=int, default=8, help="LoRA rank r (alpha = 4r, as r=8/alpha=32)")
-    ap.add_argument("--iters", type=int, default=3, help="timed forwards per model (after one warm-up)")
+    ap.add_argument("--iters", type=int, default=3, help="timed forwards per model per round (after a warm-up)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of interleaved timing; images/s is the median over rounds")
     ap.add_argument("--num-classes", type=int, default=1990, help="classifier classes (target pseudo-ids)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads on CPU (0: torch default)")
@@ -197,28 +210,28 @@ def main():
         return
     kinds = ["plain", "folded merge (LoRA-Avg)", "single expert", "LoRA-Avg", "SAGE", f"separate ({k} passes)",
              "MoLE"]
-    rows, stats = [], {}
+    rows, stats, timed = [], {}, {}
     for kind in kinds:
         meta = build(kind, k, args.rank, args.num_classes, "meta")
         params = sum(p.numel() for p in meta.parameters())
-        flops = count_flops(meta)
-        gate = gate_parameters(meta)["weight"]
-        weight_mib = sum(p.numel() * 4 for p in meta.parameters()) / 2 ** 20
+        stats[kind] = dict(params=params, flops=count_flops(meta), gate=gate_parameters(meta)["weight"],
+                           weight_mib=sum(p.numel() * 4 for p in meta.parameters()) / 2 ** 20, ips=None, peak=None)
         del meta
-        ips, peak = None, None
         if params <= args.max_timed_params:
-            model = build(kind, k, args.rank, args.num_classes, args.device)
-            ips, peak = time_model(model, args.batch, args.iters, args.device)
-            del model
-        stats[kind] = dict(params=params, flops=flops, gate=gate, ips=ips)
-        ref = PAPER.get((k, kind))
-        rows.append([kind, f"{params / 1e6:.2f}", f"{gate:,}", f"{flops / 1e9:.3f}",
-                     f"{ref[0]:.2f} ({100 * (flops / 1e9 - ref[0]) / ref[0]:+.2f}%)" if ref else "-",
+            timed[kind] = build(kind, k, args.rank, args.num_classes, args.device)
+            stats[kind]["peak"] = cuda_peak_mib(timed[kind], args.batch, args.device)
+    for kind, ips in time_models(timed, args.batch, args.iters, args.rounds, args.device).items():
+        stats[kind]["ips"] = ips
+    timed.clear()
+    for kind in kinds:
+        st, ref = stats[kind], PAPER.get((k, kind))
+        rows.append([kind, f"{st['params'] / 1e6:.2f}", f"{st['gate']:,}", f"{st['flops'] / 1e9:.3f}",
+                     f"{ref[0]:.2f} ({100 * (st['flops'] / 1e9 - ref[0]) / ref[0]:+.2f}%)" if ref else "-",
                      f"{ref[1]:.2f}" if ref else "-",
-                     f"{peak:.0f}" if peak is not None else f"weights {weight_mib:.0f}",
-                     f"{ips:.2f}" if ips is not None else "not timed (size)"])
+                     f"{st['peak']:.0f}" if st["peak"] is not None else f"weights {st['weight_mib']:.0f}",
+                     f"{st['ips']:.2f}" if st["ips"] is not None else "not timed (size)"])
     print(f"ViT-B/16 {IMG[0]}x{IMG[1]}, K={k}, r={args.rank}, classes={args.num_classes}, device={args.device}, "
-          f"batch={args.batch}, iters={args.iters}, threads={torch.get_num_threads()}")
+          f"batch={args.batch}, iters={args.iters} x {args.rounds} interleaved rounds (median), threads={torch.get_num_threads()}")
     print(tabulate(rows, headers=["model", "params (M)", "gate params", "GFLOPs/img", "paper GFLOPs (diff)",
                                   "paper params (M)", "peak mem (MiB)", "images/s"]))
     avg = stats["LoRA-Avg"]
