@@ -167,7 +167,8 @@ def main(argv=None) -> Dict[str, Dict]:
 
     experts = paper_teacher.mixture.experts
     rows = {
-        "student (ResNet-18 + proj)": (lambda x: student({"images": x}), params(student), weight_bytes(student)),
+        "student (ResNet-18 + proj)": (lambda x: student({"images": x}), student.num_deployed_parameters(),
+                                       weight_bytes(student)),
         "teacher (paper gate, both experts)": (lambda x: paper_teacher({"images": x}),
                                                paper_teacher.mixture.num_parameters()
                                                + params(paper_teacher.bottleneck),

@@ -60,11 +60,13 @@ def build_align_expert(cfg) -> ALIGNExpert:
     rng = _seeded(cfg.MOEKD.EXPERT_INIT_SEED)
     try:
         vision = build_align_vision(a.WEIGHTS, width_coefficient=a.WIDTH_COEFFICIENT,
-                                    depth_coefficient=a.DEPTH_COEFFICIENT)
+                                    depth_coefficient=a.DEPTH_COEFFICIENT,
+                                    calibration_size=[int(v) for v in cfg.INPUT.SIZE_TEST])
     finally:
         rng.__exit__(None, None, None)
     if not a.WEIGHTS:
-        logger.info("ALIGN expert: random init (MOEKD.ALIGN.WEIGHTS is empty)")
+        logger.info("ALIGN expert: random init (MOEKD.ALIGN.WEIGHTS is empty), BatchNorm statistics calibrated on "
+                    "seeded noise")
     return ALIGNExpert(vision, pixel_mean=list(a.PIXEL_MEAN), pixel_std=list(a.PIXEL_STD))
 
 

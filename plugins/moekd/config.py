@@ -8,7 +8,7 @@ __all__ = ["add_moekd_config", "ROWS"]
 
 # Rows of the pipeline (MOEKD.ROWS), in Table 5's order: name -> what trains.
 ROWS = {
-    "base": "Base Model: fast-reid Baseline on ResNet-50 (ID + triplet)",
+    "base": "Base Model: fast-reid Baseline on ResNet-50 (MOEKD.BASE_DEPTH; ID + triplet)",
     "clip_concat": "+ CLIP Expert: [ResNet-50, phi_CLIP(CLIP)] concatenated -> FC(4096 -> 2048)",
     "align_average": "+ ALIGN Expert: mean(ResNet-50, phi_CLIP, phi_ALIGN) -> FC(2048 -> 2048)",
     "moe": "+ MoE: gated top-1 mixture of CLIP and ALIGN (the teacher)",
@@ -96,6 +96,11 @@ def add_moekd_config(cfg):
     cfg.MOEKD.STUDENT.FEAT_WEIGHT = 0.3
     cfg.MOEKD.STUDENT.ATT_WEIGHT = 0.1
     cfg.MOEKD.STUDENT.REL_WEIGHT = 0.1
+    # F_s / F_t of L_feat (Eq. 10, "the penultimate layer"): "neck" = each model's classifier input (its BNNeck
+    # output; the teacher's with running statistics): same scale, both signed; "embedding" = the student's
+    # FC + BN + ReLU output against the teacher feature as they are (scale ~10x apart on the demo, ReLU >= 0 vs
+    # signed: the loss is then a scale offset the student cannot remove in a short run; README "student ablation").
+    cfg.MOEKD.STUDENT.FEAT_LAYER = "neck"
     # T of Eq. 16.
     cfg.MOEKD.STUDENT.KD_TEMPERATURE = 4.0
     # The trained teacher (a MoEKDTeacher checkpoint, e.g. OUTPUT_DIR/moe/model_final.pth; the pipeline sets it).

@@ -23,7 +23,8 @@ from torch import nn
 
 from ..modeling.backbones.clip import CLIPImageEncoder
 
-__all__ = ["ExpertOutput", "CLIPExpert", "ALIGNExpert", "build_align_vision", "EXPERT_NAMES"]
+__all__ = ["ExpertOutput", "CLIPExpert", "ALIGNExpert", "build_align_vision", "calibrate_batchnorm",
+           "EXPERT_NAMES"]
 
 EXPERT_NAMES = ("clip", "align")  # the gate's expert order (k = 0, 1)
 
@@ -65,11 +66,43 @@ class CLIPExpert(nn.Module):
         return ExpertOutput(pooled=out.cls, attention=attention)
 
 
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, size: Sequence[int], *, batches: int = 2, batch_size: int = 8,
+                        seed: int = 0) -> nn.Module:
+    """Set every BatchNorm's running mean / variance to the statistics of its input on seeded uniform noise in
+    [-1, 1] (the normalised pixel range) of spatial ``size`` (H, W); ``model`` is left in eval mode.
+
+    Why: a randomly initialised ``AlignVisionModel`` (transformers' init: N(0, 0.02) convs) in eval mode has
+    BatchNorms with the default statistics (mean 0, var 1), i.e. identities, so every conv shrinks the signal
+    and the pooled output is ~1e-27 for every image (measured: the demo's ALIGN features were a constant, the gate
+    routed 8% of the images to it, and those images became unretrievable). Recalibrated, each BN normalises its
+    input to unit scale and the network is a real fixed random feature extractor (raw pooled features: 18 mAP on
+    the demo domain, chance 4)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    g = torch.Generator().manual_seed(int(seed))
+    model.train()
+    try:
+        for _ in range(int(batches)):
+            noise = torch.rand(int(batch_size), 3, int(size[0]), int(size[1]), generator=g) * 2 - 1
+            model(pixel_values=noise.to(next(model.parameters()).device))
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        model.eval()
+    return model
+
+
 def build_align_vision(weights: str = "", *, width_coefficient: float = 0.0, depth_coefficient: float = 0.0,
-                       image_size: int = 0) -> nn.Module:
+                       image_size: int = 0, calibration_size: Optional[Sequence[int]] = (256, 256)) -> nn.Module:
     """transformers ``AlignVisionModel``: from a local ``weights`` folder (``from_pretrained``, offline; an
     ALIGN checkpoint such as kakaobrain/align-base saved locally) or, with ``weights`` empty, randomly initialised
-    from ``AlignVisionConfig()`` with the given non-zero overrides (a small ALIGN for tests and the demo)."""
+    from ``AlignVisionConfig()`` with the given non-zero overrides (a small ALIGN for tests and the demo), its
+    BatchNorm statistics then calibrated on noise of ``calibration_size`` (H, W) (``calibrate_batchnorm``; None:
+    transformers' statistics as initialised, a network whose outputs vanish)."""
     from transformers import AlignVisionConfig, AlignVisionModel
 
     if weights:
@@ -80,7 +113,8 @@ def build_align_vision(weights: str = "", *, width_coefficient: float = 0.0, dep
     overrides = {k: v for k, v in (("width_coefficient", float(width_coefficient)),
                                    ("depth_coefficient", float(depth_coefficient)),
                                    ("image_size", int(image_size))) if v}
-    return AlignVisionModel(AlignVisionConfig(**overrides))
+    model = AlignVisionModel(AlignVisionConfig(**overrides))
+    return calibrate_batchnorm(model, calibration_size) if calibration_size else model.eval()
 
 
 class ALIGNExpert(nn.Module):

@@ -5,10 +5,12 @@ F_t (B, D) -> BNNeck -> classifier z_t. Training: ``loss_cls`` = CE(z_t), ``loss
 triplet(F_t, margin alpha) (Eq. 14-15). Eval: F_t (the evaluator normalises).
 
 ``MoEKDStudent``: fast-reid ResNet-18 -> stage-4 map (B, 512, h, w) -> GAP -> projection FC(512 -> 2048) + BN +
-ReLU = F_s -> classifier z_s. Training: L_task + l1 KD(z_s, z_t) + l2 MSE(F_s, F_t) + l3 AT(map_s, A_t) + l4
-Gram(F_s, F_t) (Eq. 13) against a trained ``MoEKDTeacher`` held as ``FrozenTeacher`` (not in the student's
-checkpoint). A_t is the spatial map of the expert the gate selected for the sample (CLIP: patch tokens on the
-patch grid; ALIGN: its last CNN stage), |.| summed over channels, resized to the student's grid. Eval: F_s.
+ReLU = F_s -> BNNeck -> classifier z_s (the teacher's head). Training: L_task + l1 KD(z_s, z_t) + l2 MSE(N_s, N_t)
++ l3 AT(map_s, A_t) + l4 Gram(F_s, F_t) (Eq. 13), N the classifier input (BNNeck output) of each model: the
+"penultimate layer" of Eq. 10 (``feat_layer``); the teacher is a trained ``MoEKDTeacher`` held as ``FrozenTeacher``
+(not in the student's checkpoint). A_t is the spatial map of the expert the gate selected for the sample (CLIP:
+patch tokens on the patch grid; ALIGN: its last CNN stage), |.| summed over channels, resized to the student's
+grid. Eval: F_s (the neck and classifier are training-only).
 
 Both read frozen expert outputs from an attached cache (``attach_cache``) when the batch's images are in it.
 """
@@ -32,11 +34,12 @@ from .build import build_mixture, resnet_from_cfg, resnet_width
 from .experts import ExpertOutput
 from .teacher_mixture import MixtureOutput, MoETeacher
 
-__all__ = ["MoEKDTeacher", "MoEKDStudent", "RANDOM_TEACHER"]
+__all__ = ["MoEKDTeacher", "MoEKDStudent", "RANDOM_TEACHER", "FEAT_LAYERS"]
 
 logger = logging.getLogger("fastreid." + __name__)
 
 RANDOM_TEACHER = "random"  # MOEKD.STUDENT.TEACHER_WEIGHTS for tests: a randomly initialised teacher, said aloud
+FEAT_LAYERS = ("neck", "embedding")  # MOEKD.STUDENT.FEAT_LAYER: what L_feat compares
 
 
 def _task_losses(feature, logits, targets, *, eps, beta, margin) -> Dict[str, torch.Tensor]:
@@ -98,6 +101,10 @@ class MoEKDTeacher(nn.Module):
     def encode(self, batched_inputs) -> MixtureOutput:
         return self.mixture(batched_inputs["images"], self.cached_outputs(batched_inputs))
 
+    def num_deployed_parameters(self) -> int:
+        """Parameters inference runs: backbone + projection (the neck and classifier are training-only)."""
+        return sum(p.numel() for m in (self.backbone, self.projection) for p in m.parameters())
+
     def logits(self, feature: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.bottleneck(feature))
 
@@ -151,7 +158,7 @@ class MoEKDStudent(nn.Module):
                  teacher: Optional[MoEKDTeacher] = None, proj_dim: int = 2048, triplet_weight: float = 0.5,
                  triplet_margin: float = 0.3, label_smooth: float = 0.0, kd_weight: float = 0.5,
                  kd_temperature: float = 4.0, feat_weight: float = 0.3, att_weight: float = 0.1,
-                 rel_weight: float = 0.1):
+                 rel_weight: float = 0.1, feat_layer: str = "neck"):
         """
         Args:
             backbone: images (B, 3, H, W) normalised -> (B, backbone_dim, h, w) (fast-reid ResNet-18: 512).
@@ -161,15 +168,25 @@ class MoEKDStudent(nn.Module):
             proj_dim: projection FC(backbone_dim -> proj_dim) + BN + ReLU (2048 = the teacher's D).
             triplet_weight / triplet_margin / label_smooth: L_task as the teacher's.
             kd_weight / kd_temperature / feat_weight / att_weight / rel_weight: lambda_1..4 and T (Eq. 13, 16).
+            feat_layer: what L_feat (Eq. 10) compares: "neck" = the classifier inputs (each model's BNNeck output:
+                the teacher's with its running statistics), "embedding" = F_s with the teacher feature F_t as they
+                are (different scales and signs: F_s is a BN + ReLU output, F_t a linear layer's).
         """
         super().__init__()
         self.backbone = backbone
         self.projection = nn.Sequential(nn.Linear(backbone_dim, proj_dim), nn.BatchNorm1d(proj_dim),
                                         nn.ReLU(inplace=True))
         self.num_classes = int(num_classes)
+        # the teacher's head: BNNeck + bias-free classifier on F_s. The neck decouples the logits from F_s's scale
+        # and is the layer L_feat compares (README "Student ablation"). Built always (as the teacher's), so that a
+        # trained checkpoint loads strictly into an evaluation-only student; inference does not run it.
+        self.bottleneck = bnneck(proj_dim)
         self.classifier = bias_free_classifier(proj_dim, self.num_classes) if self.num_classes > 0 else None
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, -1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, -1, 1, 1), False)
+        if feat_layer not in FEAT_LAYERS:
+            raise ValueError(f"MOEKD.STUDENT.FEAT_LAYER must be one of {FEAT_LAYERS}, got {feat_layer!r}")
+        self.feat_layer = feat_layer
         self.weights = {"kd": float(kd_weight), "feat": float(feat_weight), "att": float(att_weight),
                         "rel": float(rel_weight)}
         distils = any(w > 0 for w in self.weights.values())
@@ -199,7 +216,7 @@ class MoEKDStudent(nn.Module):
                 "triplet_weight": cfg.MOEKD.TRIPLET_WEIGHT, "triplet_margin": cfg.MOEKD.TRIPLET_MARGIN,
                 "label_smooth": cfg.MOEKD.LABEL_SMOOTH, "kd_weight": s.KD_WEIGHT,
                 "kd_temperature": s.KD_TEMPERATURE, "feat_weight": s.FEAT_WEIGHT, "att_weight": s.ATT_WEIGHT,
-                "rel_weight": s.REL_WEIGHT}
+                "rel_weight": s.REL_WEIGHT, "feat_layer": s.FEAT_LAYER}
 
     @property
     def device(self) -> torch.device:
@@ -216,6 +233,14 @@ class MoEKDStudent(nn.Module):
         fmap = self.backbone(x)
         return fmap, self.projection(fmap.mean(dim=(2, 3)))
 
+    def num_deployed_parameters(self) -> int:
+        """Parameters inference runs: backbone + projection (the neck and classifier are training-only)."""
+        return sum(p.numel() for m in (self.backbone, self.projection) for p in m.parameters())
+
+    def logits(self, feature: torch.Tensor) -> torch.Tensor:
+        """F_s (B, proj_dim) -> z_s (B, num_classes) through the BNNeck, as the teacher's z_t."""
+        return self.classifier(self.bottleneck(feature))
+
     def forward(self, batched_inputs):
         if not self.training:
             return self.features(batched_inputs["images"])[1]
@@ -223,7 +248,8 @@ class MoEKDStudent(nn.Module):
             raise RuntimeError("this MoEKDStudent has no classifier (MODEL.HEADS.NUM_CLASSES 0): eval only")
         targets = _targets(batched_inputs, self.device)
         fmap, feat = self.features(batched_inputs["images"])
-        logits = self.classifier(feat)
+        neck = self.bottleneck(feat)
+        logits = self.classifier(neck)
         losses = _task_losses(feat, logits, targets, eps=self.label_smooth, beta=self.triplet_weight,
                               margin=self.triplet_margin)
         if self.teacher is None:
@@ -236,7 +262,12 @@ class MoEKDStudent(nn.Module):
         if w["kd"] > 0:
             losses["loss_kd"] = w["kd"] * kd_loss(logits, t_logits, self.kd_temperature)
         if w["feat"] > 0:
-            losses["loss_feat"] = w["feat"] * feature_mse_loss(feat, t.feature)
+            if self.feat_layer == "neck":  # the classifier inputs: both standardised, both signed
+                with torch.no_grad():
+                    t_neck = teacher.bottleneck(t.feature)
+                losses["loss_feat"] = w["feat"] * feature_mse_loss(neck, t_neck)
+            else:
+                losses["loss_feat"] = w["feat"] * feature_mse_loss(feat, t.feature)
         if w["att"] > 0:
             losses["loss_att"] = w["att"] * attention_transfer_loss(fmap, t.attention)
         if w["rel"] > 0:

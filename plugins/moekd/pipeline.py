@@ -3,7 +3,7 @@ MoEKDPipeline``), each through fast-reid's engine (``MoEKDTrainer``) in its own 
 
     OUTPUT_DIR/
       expert_cache/             frozen expert outputs, computed once, shared by every row (MOEKD.CACHE)
-      base/                     Table 5 "Base Model": fast-reid Baseline on ResNet-50
+      base/                     Table 5 "Base Model": fast-reid Baseline on ResNet-50 (MOEKD.BASE_DEPTH)
       clip_concat/              "+ CLIP Expert" (concat fusion)          align_average/  "+ ALIGN Expert" (averaged)
       moe/                      "+ MoE": the gated teacher (stage 1)    kd/             "+ KD": the student (stage 2)
       gate/                     gate_weights.{md,csv,json,png}: mean gate weight per expert per test domain
@@ -32,12 +32,22 @@ from .analysis import gate_weights_report
 from .config import ROWS
 from .trainers import MoEKDTrainer, attach_expert_cache
 
-__all__ = ["MoEKDPipeline", "ROW_LABELS"]
+__all__ = ["MoEKDPipeline", "row_labels", "resnet_name"]
 
 logger = logging.getLogger("fastreid." + __name__)
 
-ROW_LABELS = {"base": "Base Model (ResNet-50)", "clip_concat": "+ CLIP Expert (concat)",
-              "align_average": "+ ALIGN Expert (averaged)", "moe": "+ MoE (teacher)", "kd": "+ KD (ResNet-18 student)"}
+def resnet_name(depth: str) -> str:
+    """fast-reid's ResNet DEPTH ("18x", "50x", ...) -> "ResNet-18", "ResNet-50", ..."""
+    return f"ResNet-{str(depth).rstrip('x')}"
+
+
+def row_labels(cfg) -> Dict[str, str]:
+    """Row -> its label in the results tables, with the networks the config actually trains (the base row's
+    ``MOEKD.BASE_DEPTH``, the student's ``MOEKD.STUDENT.DEPTH``)."""
+    m = cfg.MOEKD
+    return {"base": f"Base Model ({resnet_name(m.BASE_DEPTH)})", "clip_concat": "+ CLIP Expert (concat)",
+            "align_average": "+ ALIGN Expert (averaged)", "moe": "+ MoE (teacher)",
+            "kd": f"+ KD ({resnet_name(m.STUDENT.DEPTH)} student)"}
 
 
 @TRAINER_REGISTRY.register()
@@ -54,6 +64,7 @@ class MoEKDPipeline:
         if not cfg.DATASETS.TESTS:
             raise ValueError("DATASETS.TESTS must name at least one test set (the first is the in-domain one)")
         self.cfg = cfg
+        self.labels = row_labels(cfg)
         self.root = cfg.OUTPUT_DIR
         self.results = ResultsTable(self.root)
         self.order: List[str] = []
@@ -120,7 +131,7 @@ class MoEKDPipeline:
                 continue
             c = self.row_cfg(row)
             start = time.perf_counter()
-            self.record(row, self.cfg.DATASETS.TESTS[0], run_stage(ROW_LABELS[row], c, MoEKDTrainer))
+            self.record(row, self.cfg.DATASETS.TESTS[0], run_stage(self.labels[row], c, MoEKDTrainer))
             for name in self.cfg.DATASETS.TESTS[1:]:
                 self.cross_domain(row, c, name)
             self.timings[row] = round(time.perf_counter() - start, 1)
@@ -134,7 +145,7 @@ class MoEKDPipeline:
         return self.report()
 
     def row_name(self, row: str, test: str) -> str:
-        return f"{ROW_LABELS[row]} @ {test}"
+        return f"{self.labels[row]} @ {test}"
 
     def record(self, row: str, test: str, metrics: Dict[str, float]) -> None:
         name = self.row_name(row, test)

@@ -10,6 +10,7 @@ from PIL import Image
 
 from plugins.data.letterbox import ResizePad, letterbox_transforms
 from plugins.moekd.build import resnet_from_cfg
+from plugins.moekd.experts import build_align_vision
 from plugins.moekd.feature_cache import ExpertCache, cache_key
 from plugins.moekd.teacher_mixture import align_adapter, clip_adapter
 from plugins.moekd.gate import TopOneGate
@@ -36,11 +37,12 @@ def test_student_parameter_count(make_cfg):
     assert _count(backbone) + 512 * 1000 + 1000 == 11_689_512  # torchvision resnet18: the paper's "11.7M"
     student = build_model(cfg)
     assert _count(student.projection) == 1_054_720
-    assert _count(student) == 12_231_232
+    assert student.num_deployed_parameters() == 12_231_232
+    assert _count(student) == 12_231_232 + 2 * 2048  # + the BNNeck, kept for strict loading, not run at inference
     with_classifier = build_model(make_cfg(MODEL__META_ARCHITECTURE="MoEKDStudent", MOEKD__STUDENT__PROJ_DIM=2048,
                                            MOEKD__STUDENT__KD_WEIGHT=0.0, MOEKD__STUDENT__FEAT_WEIGHT=0.0,
                                            MOEKD__STUDENT__ATT_WEIGHT=0.0, MOEKD__STUDENT__REL_WEIGHT=0.0))
-    assert _count(with_classifier) == 12_231_232 + 2048 * 3
+    assert _count(with_classifier) == 12_231_232 + 2 * 2048 + 2048 * 3  # + BNNeck and the training-only classifier
 
 
 def test_paper_adapter_and_gate_parameter_counts():
@@ -107,11 +109,83 @@ def test_student_losses_and_eval(make_cfg):
         assert model(_batch()).shape == (4, 64)
 
 
+def test_student_logits_do_not_depend_on_the_scale_of_its_feature(make_cfg):
+    """L_feat pulls F_s (the ReLU output of the projection) toward the teacher feature, whose scale is whatever the
+    teacher learned (norm ~3 on the demo vs ~30 for a fresh BN + ReLU output). The classifier reads F_s through a
+    BNNeck, as the teacher's does, so shrinking F_s leaves z_s unchanged; a classifier on F_s directly saw its
+    logits shrink with it and CE stalled at log(#ids) (the demo's student: 27 mAP; README "student ablation")."""
+    torch.manual_seed(0)
+    model = build_model(make_cfg(MODEL__META_ARCHITECTURE="MoEKDStudent", MOEKD__STUDENT__KD_WEIGHT=0.0,
+                                 MOEKD__STUDENT__FEAT_WEIGHT=0.0, MOEKD__STUDENT__ATT_WEIGHT=0.0,
+                                 MOEKD__STUDENT__REL_WEIGHT=0.0)).train()
+    torch.nn.init.normal_(model.classifier.weight, std=1.0)  # a classifier that has learned something
+    batch = _batch(6)
+    with EventStorage(), torch.no_grad():
+        before = model(batch)["loss_cls"]
+        assert before.item() > 0.1
+        model.projection[1].weight.mul_(0.2)  # F_s = ReLU(BN(.)) scales with the BN affine: F_s / 5
+        model.projection[1].bias.mul_(0.2)
+        after = model(batch)["loss_cls"]
+    assert after.item() == pytest.approx(before.item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("layer,invariant", [("neck", True), ("embedding", False)])
+def test_feature_loss_compares_the_classifier_inputs(layer, invariant, make_cfg):
+    """L_feat (FEAT_LAYER "neck") compares the two classifier inputs, i.e. BNNeck(F_s) with the teacher's
+    BNNeck(F_t) (running statistics): a teacher whose feature is 10x larger (with the statistics of that feature)
+    gives the same loss. "embedding" compares F_s with F_t as they are, so the loss follows the teacher's scale
+    (the demo's teacher feature has norm ~3 vs ~30 for F_s: the loss was a scale offset, 70x the task loss)."""
+    torch.manual_seed(0)
+    model = build_model(make_cfg(MODEL__META_ARCHITECTURE="MoEKDStudent", MOEKD__STUDENT__TEACHER_WEIGHTS="random",
+                                 MOEKD__STUDENT__KD_WEIGHT=0.0, MOEKD__STUDENT__ATT_WEIGHT=0.0,
+                                 MOEKD__STUDENT__REL_WEIGHT=0.0, MOEKD__STUDENT__FEAT_LAYER=layer)).train()
+    teacher = model.teacher.module
+    assert not teacher.training
+    with torch.no_grad():
+        for layer_ in teacher.mixture.gate.mlp:  # bias-free ReLU MLP: 10x input -> 10x logits, same top-1
+            if isinstance(layer_, torch.nn.Linear):
+                layer_.bias.zero_()
+    batch = _batch(6)
+    with EventStorage(), torch.no_grad():
+        before = model(batch)["loss_feat"].item()
+        for adapter in teacher.mixture.adapters.values():  # F_t -> 10 F_t (the last Linear of each adapter)
+            last = [m for m in adapter.modules() if isinstance(m, torch.nn.Linear)][-1]
+            last.weight.mul_(10.0)
+            last.bias.mul_(10.0)
+        teacher.bottleneck.running_mean.mul_(10.0)
+        teacher.bottleneck.running_var.mul_(100.0)
+        after = model(batch)["loss_feat"].item()
+    assert (after == pytest.approx(before, rel=1e-3)) is invariant, (before, after)
+
+
 def test_student_without_teacher_fails_naming_the_key(make_cfg):
     with pytest.raises(ValueError, match="MOEKD.STUDENT.TEACHER_WEIGHTS"):
         build_model(make_cfg(MODEL__META_ARCHITECTURE="MoEKDStudent"))
     with pytest.raises(FileNotFoundError, match="no_such.pth"):
         build_model(make_cfg(MODEL__META_ARCHITECTURE="MoEKDStudent", MOEKD__STUDENT__TEACHER_WEIGHTS="no_such.pth"))
+
+
+def test_random_align_expert_is_a_feature_extractor(make_cfg):
+    """Without weights the ALIGN expert is a fixed random CNN whose BatchNorm statistics are calibrated on seeded
+    noise: its features are O(1) and differ between images, the same on every build. transformers' init alone
+    (BN statistics mean 0 / var 1, N(0, 0.02) convs) gives ~1e-27 for every image: a constant expert."""
+    from plugins.moekd.build import build_align_expert
+    from plugins.modeling.teachers import module_fingerprint
+
+    cfg = make_cfg()
+    torch.manual_seed(3)
+    images = torch.rand(8, 3, 64, 32) * 255
+    expert = build_align_expert(cfg)
+    with torch.no_grad():
+        out = expert(images)
+    assert not expert.vision.training
+    assert out.pooled.abs().mean() > 1e-2
+    assert (out.pooled.std(dim=0).mean() / out.pooled.abs().mean()) > 0.05  # not a constant
+    assert out.attention.std(dim=0).mean() > 1e-3
+    assert module_fingerprint(build_align_expert(cfg)) == module_fingerprint(expert)  # a FIXED extractor
+    raw = build_align_vision("", width_coefficient=0.25, depth_coefficient=0.25, calibration_size=None)
+    with torch.no_grad():
+        assert raw(pixel_values=images / 127.5 - 1).pooler_output.abs().max() < 1e-10  # why calibration exists
 
 
 def test_cache_is_exact_on_the_augmentation_free_view(make_cfg, tmp_path):
