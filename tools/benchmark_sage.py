@@ -8,13 +8,17 @@ Rows: plain ViT, a static merge folded into the base weights (LoRA-Avg here; TA 
 LoRAHub fold the same way), one LoRA expert, LoRA-Avg / SAGE / MoLE merged (one forward with all K low-rank
 branches, residuals kept factored), and the K experts run separately (K forward passes, features averaged).
 ``--step-batch B`` also measures the peak memory of one stage-2 training step (forward + backward, gates
-trainable) at K and at K=1, each in a fresh process (peak RSS above the RSS after building the model on CPU;
+trainable) at K and at K=1, each in a fresh process (peak RSS above the RSS after building the model on CPU, the
+high-water mark reset after the build;
 ``max_memory_allocated`` on CUDA). Every model is backbone + BNNeck + a
 bias-free classifier over ``--num-classes`` (the paper's totals include ~1,990 target pseudo-classes).
 Parameters and FLOPs (2 x multiply-adds, ``torch.utils.flop_counter.FlopCounterMode``; element-wise ops are
 not counted) are measured on meta tensors, so they cost no memory; timing runs real tensors (``--device``):
 every model is built first, then timed in ``--rounds`` interleaved rounds and its median kept, so the ratios
 against the plain ViT compare models measured under the same machine load.
+GFLOPs/img is counted at batch 1 (the paper's convention) and again at ``--batch``: the factored gates project
+their weights through the experts once per forward (SAGE: ``B_k^T w``, N d_out K r multiply-adds per layer,
+whatever the batch), so their per-image cost falls with the batch while a dense gate's would not.
 Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the weight memory is shown instead.
 Models above ``--max-timed-params`` parameters are not timed (MoLE at K=10 holds 1.07 G gate parameters).
 """
@@ -116,8 +120,34 @@ def fold_average(model: "ReidModel", k: int, rank: int, device) -> "ReidModel":
     return model
 
 
+def _proc_status_kib(field: str) -> Optional[int]:
+    """A ``/proc/self/status`` field in KiB (Linux), or None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's RSS high-water mark (Linux >= 4.0: ``clear_refs`` 5); False where that is impossible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _proc_status_kib("VmHWM") is not None
+    except OSError:
+        return False
+
+
 def step_peak_mib(kind: str, k: int, rank: int, num_classes: int, batch: int, device: str) -> float:
-    """Peak memory (MiB) of one stage-2 training step of ``kind`` beyond the built model, in this process."""
+    """Peak memory (MiB) of one stage-2 training step of ``kind`` above the memory held once the model is built.
+
+    CPU: the RSS high-water mark is reset after the build (building may peak higher than the step: temporary
+    copies of the weights), then read after the step; without that reset ``ru_maxrss`` can only show the growth
+    beyond the build's peak. CUDA: ``max_memory_allocated``."""
     import resource
 
     model = build(kind, k, rank, num_classes, device).train()
@@ -128,13 +158,17 @@ def step_peak_mib(kind: str, k: int, rank: int, num_classes: int, batch: int, de
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
+    elif _reset_peak_rss():
+        before = _proc_status_kib("VmRSS") * 1024
     else:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the peak so far: building the model
     model(x).logsumexp(1).mean().backward()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2 ** 20
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before) / 2 ** 20
+    peak = _proc_status_kib("VmHWM")
+    peak = peak * 1024 if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return (peak - before) / 2 ** 20
 
 
 def step_peak_in_fresh_process(k: int, args) -> float:
@@ -149,8 +183,9 @@ def step_peak_in_fresh_process(k: int, args) -> float:
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"])
 
 
-def count_flops(model: nn.Module) -> int:
-    x = torch.empty(1, 3, *IMG, device="meta")
+def count_flops(model: nn.Module, batch: int = 1) -> int:
+    """FLOPs of one forward of ``batch`` images (meta tensors: nothing is computed)."""
+    x = torch.empty(batch, 3, *IMG, device="meta")
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
     return counter.get_total_flops()
@@ -214,7 +249,9 @@ def main():
     for kind in kinds:
         meta = build(kind, k, args.rank, args.num_classes, "meta")
         params = sum(p.numel() for p in meta.parameters())
-        stats[kind] = dict(params=params, flops=count_flops(meta), gate=gate_parameters(meta)["weight"],
+        stats[kind] = dict(params=params, flops=count_flops(meta),
+                           flops_batched=count_flops(meta, args.batch) / args.batch,
+                           gate=gate_parameters(meta)["weight"],
                            weight_mib=sum(p.numel() * 4 for p in meta.parameters()) / 2 ** 20, ips=None, peak=None)
         del meta
         if params <= args.max_timed_params:
@@ -226,13 +263,15 @@ def main():
     for kind in kinds:
         st, ref = stats[kind], PAPER.get((k, kind))
         rows.append([kind, f"{st['params'] / 1e6:.2f}", f"{st['gate']:,}", f"{st['flops'] / 1e9:.3f}",
+                     f"{st['flops_batched'] / 1e9:.3f}",
                      f"{ref[0]:.2f} ({100 * (st['flops'] / 1e9 - ref[0]) / ref[0]:+.2f}%)" if ref else "-",
                      f"{ref[1]:.2f}" if ref else "-",
                      f"{st['peak']:.0f}" if st["peak"] is not None else f"weights {st['weight_mib']:.0f}",
                      f"{st['ips']:.2f}" if st["ips"] is not None else "not timed (size)"])
     print(f"ViT-B/16 {IMG[0]}x{IMG[1]}, K={k}, r={args.rank}, classes={args.num_classes}, device={args.device}, "
           f"batch={args.batch}, iters={args.iters} x {args.rounds} interleaved rounds (median), threads={torch.get_num_threads()}")
-    print(tabulate(rows, headers=["model", "params (M)", "gate params", "GFLOPs/img", "paper GFLOPs (diff)",
+    print(tabulate(rows, headers=["model", "params (M)", "gate params", "GFLOPs/img", f"at batch {args.batch}",
+                                  "paper GFLOPs (diff)",
                                   "paper params (M)", "peak mem (MiB)", "images/s"]))
     avg = stats["LoRA-Avg"]
     deltas = [[kind, f"{(stats[kind]['params'] - avg['params']) / 1e6:.2f}",
@@ -253,7 +292,7 @@ def main():
         peak_k, peak_1 = step_peak_in_fresh_process(k, args), step_peak_in_fresh_process(1, args)
         print(f"stage-2 step (SAGE, batch {args.step_batch}, gates + classifier trainable): peak memory "
               f"{peak_k:.0f} MiB at K={k}, {peak_1:.0f} MiB at K=1")
-        tail = f" step_mem_vs_k1={peak_k / peak_1:.2f}"
+        tail = f" step_mem_vs_k1={peak_k / peak_1:.2f}" if peak_1 > 0 else " step_mem_vs_k1=nan"
     print(f"sage K={k} gate_params={sage['gate']} mole_gate_params={stats['MoLE']['gate']} "
           f"merged_vs_separate_speedup={ratio(sage['ips'], sep['ips'])} sage_vs_plain={ratio(sage['ips'], plain['ips'])}"
           f"{tail}")

@@ -61,6 +61,7 @@ class GatedLoRALinear(LinearWrapper):
         self.register_buffer("scaling", stacked.scaling)
         self.gate = gate
         self.last_gate_weights: Optional[torch.Tensor] = None
+        self._up_rows_cache: Optional[tuple] = None  # (version key, B as (K r, d_out)); see _up_rows
 
     @property
     def num_experts(self) -> int:
@@ -70,9 +71,22 @@ class GatedLoRALinear(LinearWrapper):
         """The K experts as a :class:`StackedLoRA` view of this layer's tensors."""
         return StackedLoRA(self.lora_A, self.lora_B, self.scaling)
 
+    def _up_rows(self) -> Optional[torch.Tensor]:
+        """The frozen B_k laid out once as the (K r, d_out) rows the GEMMs read, instead of a transposed copy of B
+        in every forward. Re-made when ``lora_B`` changes (new storage, or an in-place write such as
+        ``load_state_dict``: its version counter moves); None when B trains (then the layout stays in the graph)."""
+        b = self.lora_B
+        if b.requires_grad:
+            return None
+        key = (b.data_ptr(), b._version, b.dtype, b.device)
+        if self._up_rows_cache is None or self._up_rows_cache[0] != key:
+            k, d_out, r = b.shape
+            self._up_rows_cache = (key, b.detach().transpose(1, 2).reshape(k * r, d_out).contiguous())
+        return self._up_rows_cache[1]
+
     def expert_residuals(self, x: torch.Tensor) -> LowRankResiduals:
         """All K residuals in one GEMM, factored: x (B, N, d_in) -> h (B, N, K, r) with the stacked B."""
-        return self.factors().residuals(x)
+        return self.factors().residuals(x, self._up_rows())
 
     def gate_weights(self, residuals: Residuals) -> torch.Tensor:
         """residuals -> g (B, K); uniform 1/K without a gate. The gate is a router (``plugins.routers.Router``):
@@ -97,7 +111,7 @@ class GatedLoRALinear(LinearWrapper):
         residuals = self.expert_residuals(x)
         g = self.gate_weights(residuals)
         self.last_gate_weights = g.detach()
-        return self.base(x) + residuals.combine(g)
+        return residuals.add_combined_(self.base(x), g)
 
     def extra_repr(self) -> str:
         k, r, _ = self.lora_A.shape

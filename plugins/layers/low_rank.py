@@ -32,9 +32,16 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils import flop_counter
 
 __all__ = ["LoRAFactors", "StackedLoRA", "LowRankResiduals", "LinearWrapper", "stack_factors", "init_lora_",
            "lora_residual", "lora_delta", "fold_delta"]
+
+# torch's FlopCounterMode has a formula for addmm but not for the in-place addmm_ that ``add_combined_`` uses: without
+# this, FLOP counts (benchmarks, paper tables) would silently leave the up-projection GEMM out.
+if torch.ops.aten.addmm_ not in flop_counter.flop_registry:
+    flop_counter.register_flop_formula(torch.ops.aten.addmm_)(
+        lambda self_shape, a_shape, b_shape, *args, **kwargs: flop_counter.mm_flop(a_shape, b_shape))
 
 # One expert in one layer, in peft's shapes: (A (r, d_in), B (d_out, r), scaling s = alpha / r).
 LoRAFactors = Tuple[Tensor, Tensor, float]
@@ -52,6 +59,17 @@ class LowRankResiduals:
 
     h: Tensor
     up: Tensor
+    # ``up`` laid out as the (K r, d_out) rows the GEMMs read; a layer whose B is frozen passes a cached copy
+    # (re-laying B out costs a copy of it per forward otherwise).
+    stacked_up: Optional[Tensor] = None
+
+    @property
+    def up_rows(self) -> Tensor:
+        """(K r, d_out): row ``k r + j`` is column j of B_k."""
+        if self.stacked_up is not None:
+            return self.stacked_up
+        k, d_out, r = self.up.shape
+        return self.up.transpose(1, 2).reshape(k * r, d_out)
 
     @property
     def shape(self) -> torch.Size:
@@ -75,15 +93,12 @@ class LowRankResiduals:
 
     def inner(self, weight: Tensor) -> Tensor:
         """(B, K, N): ``<Delta_bkn, weight_n>`` for ``weight`` (N, d_out) shared by the experts."""
-        projected = torch.einsum("no,kor->nkr", weight, self.up)  # B_k^T w_n
+        k, _, r = self.up.shape
+        projected = (weight @ self.up_rows.T).view(weight.shape[0], k, r)  # B_k^T w_n, one GEMM
         return (self.h * projected).sum(-1).transpose(1, 2)
 
-    def combine(self, g: Optional[Tensor] = None) -> Tensor:
-        """``sum_k g_k Delta_k`` (*lead, d_out) in one matmul with the stacked up-projections (K r, d_out).
-
-        g: None (every expert weight 1), (K,) (weights shared by all samples) or (B, K) (per-sample weights,
-        h (B, N, K, r)).
-        """
+    def _weighted(self, g: Optional[Tensor]) -> Tensor:
+        """h scaled by the expert weights g (None, (K,) or (B, K)), flattened to (*lead, K r)."""
         *lead, k, r = self.h.shape
         h = self.h
         if g is not None:
@@ -94,7 +109,25 @@ class LowRankResiduals:
             else:
                 raise ValueError(f"combine weights must be (K,) or (B, K) for h (B, N, K, r); got g "
                                  f"{tuple(g.shape)}, h {tuple(h.shape)}")
-        return h.reshape(*lead, k * r) @ self.up.transpose(1, 2).reshape(k * r, self.up.shape[1])
+        return h.reshape(*lead, k * r)
+
+    def combine(self, g: Optional[Tensor] = None) -> Tensor:
+        """``sum_k g_k Delta_k`` (*lead, d_out) in one matmul with the stacked up-projections (K r, d_out).
+
+        g: None (every expert weight 1), (K,) (weights shared by all samples) or (B, K) (per-sample weights,
+        h (B, N, K, r)).
+        """
+        return self._weighted(g) @ self.up_rows
+
+    def add_combined_(self, out: Tensor, g: Optional[Tensor] = None) -> Tensor:
+        """``out += combine(g)`` in place, as one ``addmm_`` (no (*lead, d_out) temporary, no extra pass over
+        ``out``); returns ``out``. ``out`` (*lead, d_out), e.g. the base layer's output, which autograd does not
+        need for its own backward."""
+        if not out.is_contiguous():
+            return out + self.combine(g)
+        weighted = self._weighted(g)
+        out.view(-1, out.shape[-1]).addmm_(weighted.reshape(-1, weighted.shape[-1]), self.up_rows)
+        return out
 
     def dense(self) -> Tensor:
         """(B, K, N, d_out): the residuals themselves (for tests and analysis; the layers never build them)."""
@@ -122,9 +155,10 @@ class StackedLoRA:
         s = self.scaling.view(k, 1) if isinstance(self.scaling, Tensor) else self.scaling  # per expert, or one float
         return h.view(*x.shape[:-1], k, r) * s
 
-    def residuals(self, x: Tensor) -> LowRankResiduals:
-        """x (..., d_in) -> the K residuals, factored (h (..., K, r) with the stacked B)."""
-        return LowRankResiduals(self.down(x), self.B)
+    def residuals(self, x: Tensor, stacked_up: Optional[Tensor] = None) -> LowRankResiduals:
+        """x (..., d_in) -> the K residuals, factored (h (..., K, r) with the stacked B; ``stacked_up``: B laid out
+        as (K r, d_out) when the caller keeps that copy)."""
+        return LowRankResiduals(self.down(x), self.B, stacked_up)
 
     def residual(self, x: Tensor, weights: Optional[Tensor] = None) -> Tensor:
         """x (..., d_in) -> ``sum_k w_k s_k B_k A_k x`` (..., d_out); weights None (all 1), (K,) or (B, K)."""
