@@ -193,12 +193,17 @@ def count_flops(model: nn.Module, batch: int = 1) -> int:
 
 def time_models(models: Dict[str, nn.Module], batch: int, iters: int, rounds: int, device: str) -> Dict[str, float]:
     """images/s of each model: the median over ``rounds`` rounds, each timing every model for ``iters`` forwards
-    in turn (interleaved, so a change of machine load during the run hits every model alike)."""
+    in turn (interleaved, so a change of machine load during the run hits every model alike; the order rotates
+    from round to round)."""
     x = torch.rand(batch, 3, *IMG, device=device)
     seconds: Dict[str, List[float]] = {name: [] for name in models}
+    names = list(models)
     with torch.no_grad():
-        for _ in range(rounds):
-            for name, model in models.items():
+        for i in range(rounds):
+            # each round starts one model later, so no model always runs first (after the previous round's last,
+            # largest model has filled the caches) or always after the same neighbour
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                model = models[name]
                 seconds[name].append(seconds_per_call(lambda: model(x), iters, device))
     return {name: batch / statistics.median(s) for name, s in seconds.items()}
 
