@@ -25,7 +25,6 @@ paper-gate teacher).
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Callable, Dict
 
 import torch
@@ -35,6 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import plugins  # noqa: F401  (host-compat patches + registrations)
 from fastreid.modeling import build_model
 from plugins.config import import_methods, setup_cfg
+from plugins.timing import seconds_per_call
 
 PAPER = ["MODEL.BACKBONE.CLIP.NAME", "ViT-B-16", "MODEL.BACKBONE.CLIP.WEIGHTS", "", "MODEL.BACKBONE.PRETRAIN", "False",
          "INPUT.SIZE_TRAIN", "[256, 256]", "INPUT.SIZE_TEST", "[256, 256]"]
@@ -65,20 +65,9 @@ def weight_bytes(m: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in list(m.parameters()) + list(m.buffers()))
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def images_per_second(fn: Callable, images: torch.Tensor, iters: int, device: str) -> float:
     with torch.inference_mode():
-        fn(images)
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(iters):
-            fn(images)
-        sync(device)
-    return images.shape[0] * iters / (time.perf_counter() - start)
+        return images.shape[0] / seconds_per_call(lambda: fn(images), iters, device)
 
 
 def flops_per_image(fn: Callable, images: torch.Tensor) -> float:
@@ -124,15 +113,7 @@ def cache_step_seconds(teacher, h: int, w: int, device: str, iters: int):
         loss.backward()
         opt.step()
 
-    seconds = []
-    for cached in (None, outs):
-        step(cached)
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(iters):
-            step(cached)
-        sync(device)
-        seconds.append((time.perf_counter() - start) / iters)
+    seconds = [seconds_per_call(lambda cached=cached: step(cached), iters, device) for cached in (None, outs)]
     teacher.eval()
     return seconds[0], seconds[1]
 

@@ -101,10 +101,6 @@ class MoEKDTeacher(nn.Module):
     def encode(self, batched_inputs) -> MixtureOutput:
         return self.mixture(batched_inputs["images"], self.cached_outputs(batched_inputs))
 
-    def num_deployed_parameters(self) -> int:
-        """Parameters inference runs: backbone + projection (the neck and classifier are training-only)."""
-        return sum(p.numel() for m in (self.backbone, self.projection) for p in m.parameters())
-
     def logits(self, feature: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.bottleneck(feature))
 
