@@ -13,6 +13,7 @@ from fastreid.engine import DefaultTrainer
 from fastreid.modeling import build_model
 
 from ..engine.loaders import make_train_loader
+from ..engine.models import require_meta_arch
 from ..registry import TRAINER_REGISTRY
 from .evaluation import dataset_test_loader
 from .meta_arch import DeMo
@@ -44,10 +45,7 @@ class DeMoTrainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg) -> DeMo:
-        model = build_model(cfg)
-        if not isinstance(model, DeMo):
-            raise TypeError(f"DeMoTrainer trains MODEL.META_ARCHITECTURE DeMo, got {type(model).__name__}")
-        return model
+        return require_meta_arch(build_model(cfg), DeMo, "DeMoTrainer")
 
     @classmethod
     def build_optimizer(cls, cfg, model):

@@ -31,6 +31,7 @@ from fastreid.utils import comm
 from fastreid.utils.checkpoint import Checkpointer
 
 from ..engine.loaders import dataset_items
+from ..engine.models import require_meta_arch
 from ..evaluation.text_image import TextImageEvaluator
 from ..registry import TRAINER_REGISTRY
 from .data import TextImageTestLoader, build_train_set, text_reader
@@ -94,9 +95,7 @@ class DMAdapterTrainer(DefaultTrainer):
     # --- builders ----------------------------------------------------------------------------------------------
     @classmethod
     def build_model(cls, cfg) -> DMAdapter:
-        model = build_model(cfg)
-        if not isinstance(model, DMAdapter):
-            raise TypeError(f"DMAdapterTrainer trains MODEL.META_ARCHITECTURE DMAdapter, got {type(model).__name__}")
+        model = require_meta_arch(build_model(cfg), DMAdapter, "DMAdapterTrainer")
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
         logger.info(f"DM-Adapter: {trainable:,} trainable of {total:,} parameters ({len(model.blocks())} SMA blocks)")

@@ -31,6 +31,7 @@ from ..modeling.losses import supervised_contrastive_loss
 from ..modeling.meta_arch.clipreid import CLIPReID
 from ..registry import TRAINER_REGISTRY
 from .loaders import dataset_items
+from .models import require_meta_arch
 from .pseudo_label_hook import unwrap_model
 from .seeding import derive_seed, seed_all
 
@@ -114,10 +115,7 @@ class CLIPReIDPromptTrainer:
 
     @classmethod
     def build_model(cls, cfg) -> CLIPReID:
-        model = build_model(cfg)
-        if not isinstance(model, CLIPReID):
-            raise TypeError(f"CLIP-ReID trains MODEL.META_ARCHITECTURE CLIPReID, got {type(model).__name__}")
-        return model
+        return require_meta_arch(build_model(cfg), CLIPReID, "CLIP-ReID")
 
     @classmethod
     def test(cls, cfg, model):

@@ -15,6 +15,7 @@ from fastreid.utils import comm
 
 from ..engine.clipreid_trainers import CLIPReIDTrainer, text_feature_bank
 from ..engine.loaders import make_dataset_test_loader, make_train_loader
+from ..engine.models import require_meta_arch
 from ..engine.pseudo_label_hook import unwrap_model
 from ..registry import TRAINER_REGISTRY
 from .meta_arch import MoSAIC
@@ -45,9 +46,7 @@ class MoSAICTrainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg) -> MoSAIC:
-        model = CLIPReIDTrainer.build_model(cfg)
-        if not isinstance(model, MoSAIC):
-            raise TypeError(f"MoSAICTrainer trains MODEL.META_ARCHITECTURE MoSAIC, got {type(model).__name__}")
+        model = require_meta_arch(CLIPReIDTrainer.build_model(cfg), MoSAIC, "MoSAICTrainer")
         if comm.is_main_process():
             logger.info(f"MoSAIC experts in the last {len(model.banks)} blocks; {model.schema.summary()}\n"
                         f"switched on: {list(model.oracle.included_names())}")
